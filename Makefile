@@ -1,0 +1,86 @@
+# enclave.llm — the two commands a newcomer needs are `make lab` and `make test`.
+# Everything else is a narrower slice of those for daily work.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+export CONTAINERS_CONF := $(CURDIR)/lab/containers.conf
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+# Molecule scenarios, in dependency order; `make molecule ROLE=pki` runs one.
+SCENARIOS ?= $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+ROLE      ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z][a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv with the pinned controller and test tools
+
+# ---------------------------------------------------------------- the lab --
+.PHONY: lab-prereqs lab-image lab-up lab-down lab-status lab
+lab-prereqs: ## install podman, runc, debootstrap from Debian's packages (root)
+	bash lab/lab.sh prereqs
+
+lab-image: lab-prereqs ## build the Debian 12 base image once (reused afterwards)
+	bash lab/lab.sh image
+
+lab-up: lab-image $(STAMP) ## start the lab's containers from inventories/lab
+	bash lab/lab.sh hostfiles >/dev/null
+	$(BIN)/ansible-playbook lab/up.yml -i inventories/lab
+
+lab-down: $(STAMP) ## remove the lab's containers and networks
+	$(BIN)/ansible-playbook lab/down.yml -i inventories/lab
+
+lab-status: ## show the lab's containers
+	podman ps --filter label=enclave.llm.lab=lab --format '{{.Names}}\t{{.Status}}\t{{.Networks}}'
+
+lab: lab-up ## bring up the lab and run site.yml against it
+	$(BIN)/ansible-playbook site.yml -i inventories/lab
+	$(BIN)/ansible-playbook lab/summary.yml -i inventories/lab
+
+# ------------------------------------------------------------------ tests --
+.PHONY: test lint yamllint ansible-lint sanity unit molecule docs-check
+test: lint docs-check sanity unit molecule ## everything CI runs: lint, sanity, unit, every Molecule scenario
+
+lint: yamllint ansible-lint ## yamllint and ansible-lint (production profile)
+
+yamllint: $(STAMP)
+	$(BIN)/yamllint --strict .
+
+ansible-lint: $(STAMP)
+	$(BIN)/ansible-lint --profile production --strict
+
+docs-check: $(STAMP) ## role READMEs' variable tables match meta/argument_specs.yml
+	$(PY) tools/role_docs.py --check
+
+sanity: $(STAMP) ## ansible-test sanity on the plugins
+	bash tools/sanity.sh
+
+unit: $(STAMP) ## pytest unit tests
+	$(BIN)/pytest -q tests/unit
+
+molecule: $(STAMP) lab-image ## every Molecule scenario (or ROLE=<name> for one)
+	bash lab/lab.sh hostfiles >/dev/null
+	@set -e; for s in $(if $(ROLE),$(ROLE),$(SCENARIOS)); do \
+	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
+	  $(BIN)/molecule test -s $$s; \
+	  echo "=== $$s passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+.PHONY: changelog
+changelog: $(STAMP) ## lint the changelog fragments
+	$(BIN)/antsibull-changelog lint
