@@ -73,13 +73,9 @@ sanity: $(STAMP) ## ansible-test sanity on the plugins
 unit: $(STAMP) ## pytest unit tests
 	$(BIN)/pytest -q tests/unit
 
-molecule: $(STAMP) lab-image ## every Molecule scenario (or ROLE=<name> for one)
+molecule: $(STAMP) lab-image ## every Molecule scenario (or ROLE=<name> for one; MOLECULE_JOBS=n in parallel)
 	bash lab/lab.sh hostfiles >/dev/null
-	@set -e; for s in $(if $(ROLE),$(ROLE),$(SCENARIOS)); do \
-	  echo "=== molecule test -s $$s"; start=$$(date +%s); \
-	  $(BIN)/molecule test -s $$s; \
-	  echo "=== $$s passed in $$(( $$(date +%s) - start )) s"; \
-	done
+	bash tools/molecule_all.sh $(if $(ROLE),$(ROLE),$(SCENARIOS))
 
 .PHONY: changelog
 changelog: $(STAMP) ## lint the changelog fragments
