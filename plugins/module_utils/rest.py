@@ -29,10 +29,14 @@ def common_argument_spec() -> dict[str, dict[str, Any]]:
 class HttpError(Exception):
     """A request failed before a usable HTTP answer arrived, or with an error status."""
 
-    def __init__(self, message: str, status: int | None = None, body: bytes = b""):
+    def __init__(self, message: str, status: int | None = None, body: bytes = b"",
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.body = body
+        # lower-cased names: services explain errors in headers (X-Error-Code) and
+        # redirects carry Location.
+        self.headers = headers or {}
 
 
 @dataclass
@@ -65,12 +69,14 @@ def read_token(path: str | None) -> str | None:
 
 def request(method: str, url: str, *, headers: dict[str, str] | None = None, body: Any = None,
             token: str | None = None, ca_path: str | None = None, validate_certs: bool = True,
-            timeout: float = 30, stream: bool = False) -> Response:
+            timeout: float = 30, stream: bool = False, follow_redirects: str = "safe") -> Response:
     """Make one HTTP request. JSON-encodes ``body`` unless it is bytes.
 
     With ``stream=True`` the open response is returned in ``Response.stream``
     and the caller reads (and closes) it. HTTP error statuses raise HttpError
-    carrying the status and body.
+    carrying the status, body and headers. ``follow_redirects="none"`` turns a
+    redirect into an HttpError with its Location header, for callers that must
+    not send a token to the host it points at.
     """
     headers = dict(headers or {})
     data = None
@@ -84,10 +90,14 @@ def request(method: str, url: str, *, headers: dict[str, str] | None = None, bod
         headers["Authorization"] = f"Bearer {token}"
     try:
         resp = open_url(url, data=data, headers=headers, method=method, validate_certs=validate_certs,
-                        ca_path=ca_path, timeout=timeout, follow_redirects="safe")
+                        ca_path=ca_path, timeout=timeout, follow_redirects=follow_redirects)
     except HTTPError as exc:
-        payload = exc.read() if hasattr(exc, "read") else b""
-        raise HttpError(f"{method} {url} answered HTTP {exc.code}", exc.code, payload) from exc
+        try:
+            payload = exc.read() if hasattr(exc, "read") else b""
+        except (OSError, ValueError):
+            payload = b""
+        error_headers = {k.lower(): v for k, v in exc.headers.items()} if exc.headers else {}
+        raise HttpError(f"{method} {url} answered HTTP {exc.code}", exc.code, payload, error_headers) from exc
     except URLError as exc:
         raise HttpError(f"{method} {url} failed: {exc.reason}") from exc
     except (OSError, ValueError) as exc:

@@ -9,3 +9,5 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "lab"))
+# The test doubles (tests/doubles), importable by their module names.
+sys.path.insert(0, str(ROOT / "tests" / "doubles"))

@@ -105,3 +105,24 @@ def test_common_argument_spec_shape():
     assert spec["url"]["required"] is True
     assert spec["validate_certs"]["default"] is True
     assert set(spec) == {"url", "ca_path", "validate_certs", "token_file", "timeout"}
+
+
+def test_http_error_keeps_headers_lower_cased(calls):
+    outcomes = calls[1]
+    outcomes.append(HTTPError("http://h/x", 404, "Not Found", {"X-Error-Code": "RevisionNotFound"},
+                              io.BytesIO(b"")))
+    with pytest.raises(http.HttpError) as err:
+        http.request("GET", "http://h/x")
+    assert err.value.headers == {"x-error-code": "RevisionNotFound"}
+
+
+def test_redirects_can_be_handed_to_the_caller(calls):
+    seen, outcomes = calls
+    outcomes.append(HTTPError("http://cdn/blob", 302, "Found", {"Location": "http://cdn/blob"}, io.BytesIO(b"")))
+    with pytest.raises(http.HttpError) as err:
+        http.request("GET", "http://h/x", token="t", follow_redirects="none")
+    assert seen[0][1]["follow_redirects"] == "none"
+    assert err.value.status == 302 and err.value.headers["location"] == "http://cdn/blob"
+    outcomes.append(FakeResponse())
+    http.request("GET", "http://h/x")
+    assert seen[1][1]["follow_redirects"] == "safe"
