@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     if args.version:
         print(VERSION)
         return 0
-    host, _, port = args.listen.rpartition(":")
+    host, _sep, port = args.listen.rpartition(":")
     Handler.gpus = int(os.environ.get("STANDIN_GPUS", "2"))
     server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
     config = web_config(args.config)

@@ -136,7 +136,7 @@ def test_certificate_expiry_metric_matches_the_certificate():
 
     result = wait_for(metric, timeout=30)
     assert result, "no enclave_certificate_expiry_timestamp_seconds for mon-infer"
-    enddate = labtest.host(INFER).check_output(f"openssl x509 -noout -enddate -in /etc/enclave/pki/certs/monitoring.crt")
+    enddate = labtest.host(INFER).check_output("openssl x509 -noout -enddate -in /etc/enclave/pki/certs/monitoring.crt")
     expected = labtest.host(INFER).check_output(f"date -d {shlex.quote(enddate.split('=', 1)[1])} +%s")
     assert int(float(result[0]["value"][1])) == int(expected)
     assert result[0]["metric"]["path"] == "/etc/enclave/pki/certs/monitoring.crt"
