@@ -53,8 +53,8 @@ lab: lab-up ## bring up the lab and run site.yml against it
 	$(BIN)/ansible-playbook lab/summary.yml -i inventories/lab
 
 # ------------------------------------------------------------------ tests --
-.PHONY: test lint yamllint ansible-lint sanity unit molecule docs-check
-test: lint docs-check sanity unit molecule ## everything CI runs: lint, sanity, unit, every Molecule scenario
+.PHONY: test lint yamllint ansible-lint sanity unit molecule docs-check promtool ee-context
+test: lint docs-check sanity unit promtool molecule ## everything CI runs: lint, sanity, unit, promtool, every Molecule scenario
 
 lint: yamllint ansible-lint ## yamllint and ansible-lint (production profile)
 
@@ -72,6 +72,20 @@ sanity: $(STAMP) ## ansible-test sanity on the plugins
 
 unit: $(STAMP) ## pytest unit tests
 	$(BIN)/pytest -q tests/unit
+
+PROMTOOL_OUT := tests/output/promtool
+promtool: $(STAMP) ## alert rules: promtool check rules and every promtool unit test (promtool from Debian's package)
+	bash tools/prometheus_tools.sh
+	$(BIN)/ansible-playbook tests/promtool/render.yml
+	$(PY) tools/promtool_tests.py $(PROMTOOL_OUT)/enclave.rules.yml tests/promtool $(PROMTOOL_OUT) >/dev/null
+	.cache/prometheus-tools/promtool check rules $(PROMTOOL_OUT)/enclave.rules.yml
+	cd $(PROMTOOL_OUT) && $(CURDIR)/.cache/prometheus-tools/promtool test rules *.test.yml
+
+EE_CONTEXT := tests/output/ee-context
+ee-context: $(STAMP) ## AWX execution environment: collection tarball and ansible-builder build context
+	rm -f dist/enclave-llm-*.tar.gz
+	$(BIN)/ansible-galaxy collection build --force --output-path dist .
+	$(BIN)/ansible-builder create -f execution-environment.yml -c $(EE_CONTEXT)
 
 molecule: $(STAMP) lab-image ## every Molecule scenario (or ROLE=<name> for one; MOLECULE_JOBS=n in parallel)
 	bash lab/lab.sh hostfiles >/dev/null
