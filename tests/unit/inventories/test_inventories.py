@@ -1,0 +1,124 @@
+"""The shipped inventories: the lab and the three reference scales.
+
+Each one must parse (`ansible-inventory --graph`), let site.yml pass a syntax
+check, and hold the shape its scale promises. The expectations below are written
+from the reference architecture's three scales, not read from the inventories.
+"""
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+BIN = Path(sys.executable).parent
+ZONES = ("zone_dmz", "zone_app", "zone_inference", "zone_storage")
+INVENTORIES = ("lab", "small", "medium", "large")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    return env
+
+
+@functools.lru_cache(maxsize=None)
+def _inventory(name: str) -> dict:
+    out = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", f"inventories/{name}", "--list"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def _members(inv: dict, group: str) -> set[str]:
+    """Hosts of a group, children included."""
+    node = inv.get(group, {})
+    hosts = set(node.get("hosts", []))
+    for child in node.get("children", []):
+        hosts |= _members(inv, child)
+    return hosts
+
+
+def _hostvars(inv: dict, host: str) -> dict:
+    return inv["_meta"]["hostvars"][host]
+
+
+@pytest.mark.parametrize("name", INVENTORIES)
+def test_graph_parses(name):
+    out = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", f"inventories/{name}", "--graph"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "@zone_inference" in out.stdout
+
+
+@pytest.mark.parametrize("name", INVENTORIES)
+def test_site_syntax(name):
+    out = subprocess.run(
+        [str(BIN / "ansible-playbook"), "--syntax-check", "-i", f"inventories/{name}", "site.yml"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", INVENTORIES)
+def test_every_host_in_exactly_one_zone(name):
+    inv = _inventory(name)
+    hosts = set(inv["_meta"]["hostvars"]) | _members(inv, "all")
+    for host in hosts:
+        zones = [z for z in ZONES if host in _members(inv, z)]
+        assert len(zones) == 1, f"{name}: {host} is in zones {zones}"
+
+
+@pytest.mark.parametrize("name", ("small", "medium", "large"))
+def test_addresses_inside_zone_cidrs(name):
+    inv = _inventory(name)
+    for zone in ZONES:
+        for host in _members(inv, zone):
+            hv = _hostvars(inv, host)
+            addr = ipaddress.ip_address(hv["ansible_host"])
+            nets = [ipaddress.ip_network(c) for c in hv["zone_cidrs"]]
+            assert any(addr in n for n in nets), f"{name}: {host} {addr} outside {zone} {nets}"
+
+
+@pytest.mark.parametrize("name", ("small", "medium", "large"))
+def test_services_sit_in_their_zones(name):
+    inv = _inventory(name)
+    placement = {"edge": "zone_dmz", "auth": "zone_app", "gateway": "zone_app",
+                 "balancer": "zone_app", "gpu": "zone_inference", "vllm": "zone_inference",
+                 "audit_collector": "zone_storage", "monitoring": "zone_storage"}
+    for group, zone in placement.items():
+        members = _members(inv, group)
+        assert members, f"{name}: group {group} is empty"
+        assert members <= _members(inv, zone), f"{name}: {group} hosts outside {zone}"
+
+
+def test_small_scale_has_one_server_and_a_standby():
+    inv = _inventory("small")
+    assert len(_members(inv, "vllm")) == 2
+    assert len(_members(inv, "gateway")) == 1
+
+
+def test_medium_scale_has_three_gateways_and_two_to_four_servers():
+    inv = _inventory("medium")
+    assert len(_members(inv, "gateway")) == 3
+    assert 2 <= len(_members(inv, "vllm")) <= 4
+    assert _members(inv, "model_store"), "medium shares model storage"
+
+
+def test_large_scale_has_pools_per_model_size():
+    inv = _inventory("large")
+    small, large = _members(inv, "pool_small"), _members(inv, "pool_large")
+    assert 4 <= len(small | large) and not small & large
+    models_small = {m["name"] for h in small for m in _hostvars(inv, h)["vllm_models"]}
+    models_large = {m["name"] for h in large for m in _hostvars(inv, h)["vllm_models"]}
+    assert models_small and models_large and not models_small & models_large
+    assert _members(inv, "monitoring").isdisjoint(_members(inv, "audit_collector"))
