@@ -6,7 +6,7 @@
 #   lab.sh prereqs   install podman, runc, debootstrap... from Debian's packages
 #   lab.sh check     verify the prerequisites; name what is missing
 #   lab.sh image     build (once) the Debian 12 base image, reuse it afterwards
-#   lab.sh hostfiles write the CA bundle, pip.conf and the shared apt archive the containers mount
+#   lab.sh hostfiles write the CA bundle and pip.conf the containers mount
 #   lab.sh env       print the environment the lab needs (eval "$(lab.sh env)")
 set -euo pipefail
 
@@ -119,10 +119,6 @@ PY
   python3 "$LAB_DIR/hostconf.py" pip-conf /etc/ssl/lab/host-ca-bundle.crt > "$LAB_STATE_DIR/pip.conf"
   python3 "$LAB_DIR/hostconf.py" pip-paths > "$LAB_STATE_DIR/pip-paths"
   chmod 0644 "$LAB_STATE_DIR/pip.conf" "$LAB_STATE_DIR/pip-paths"
-  # One apt archive shared by every lab host: a package is fetched from the
-  # mirror once per machine, and every later scenario installs it from here.
-  # apt's own lock on the directory keeps concurrent hosts apart.
-  mkdir -p "$LAB_STATE_DIR/apt-archives/partial"
   echo "$LAB_STATE_DIR"
 }
 
