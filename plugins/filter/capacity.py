@@ -235,6 +235,56 @@ def selfhost_breakeven(selfhost_usd_per_month: float, api: Any, requests_per_day
     return result
 
 
+def _gpu_slots(gpus: list[dict[str, Any]]) -> list[tuple[float, str]]:
+    """(memory bytes, label) of every place a model can run: each MIG device of a GPU in MIG mode, else the GPU."""
+    slots = []
+    for gpu in gpus:
+        migs = gpu.get("mig_devices") or []
+        if migs:
+            slots.extend((float(m.get("memory_total_bytes") or 0), f"GPU {gpu.get('index')} {m.get('name')}") for m in migs)
+        elif gpu.get("memory_total_bytes"):
+            slots.append((float(gpu["memory_total_bytes"]), f"GPU {gpu.get('index')}"))
+    return sorted(slots, reverse=True)
+
+
+def capacity_fit_errors(models: Any, host: str, gpu_facts: dict[str, Any], gpu_memory_utilization: float = 0.90,
+                        overhead_ratio: float = 0.10, overhead_gb: float = 1.0) -> list[str]:
+    """Why the GPUs of ``host`` (gpu_facts' facts) cannot hold its ``models``; empty when they can.
+
+    Models are placed largest first, each on the fewest (a power of two) still-free GPUs or MIG devices whose
+    usable memory (the smallest of them x count x gpu_memory_utilization) holds its vram_required total.
+    """
+    if not models:
+        return []
+    if not isinstance(models, list):
+        raise AnsibleFilterError(f"{host}: capacity_models must be a list of models")
+    if not gpu_facts or not gpu_facts.get("nvml_available"):
+        reason = (gpu_facts or {}).get("reason") or "no GPU facts"
+        return [f"{host}: capacity_models are set but no NVIDIA GPU answers: {reason}"]
+    free = _gpu_slots(gpu_facts.get("gpus") or [])
+    utilization = _number(gpu_memory_utilization, "gpu_memory_utilization", allow_zero=False)
+    needs = [(vram_required(m, overhead_ratio=overhead_ratio, overhead_gb=overhead_gb), m) for m in models]
+    errors = []
+    for need, model in sorted(needs, key=lambda item: item[0]["total_gb"], reverse=True):
+        size = 1
+        placed = False
+        while size <= len(free):
+            chosen = free[:size]
+            if size * chosen[-1][0] * utilization >= need["total_gb"] * GB:
+                free = free[size:]
+                placed = True
+                break
+            size *= 2
+        if not placed:
+            usable = sum(slot[0] for slot in free) * utilization / GB
+            errors.append(
+                f"{host}: model {model.get('name', '?')} needs {need['total_gb']} GB (weights {need['weights_gb']} + KV "
+                f"cache {need['kv_cache_gb']} + overhead {need['overhead_gb']}) but the free GPUs give "
+                f"{usable:.1f} GB usable ({len(free)} GPU/MIG device(s) x {utilization:g}): choose a smaller "
+                "quantization or context, fewer concurrent sequences, or more GPUs")
+    return errors
+
+
 class FilterModule:
     """enclave.llm capacity planning filters."""
 
@@ -244,4 +294,5 @@ class FilterModule:
             "gpus_required": gpus_required,
             "decode_ceiling_tokens_per_s": decode_ceiling_tokens_per_s,
             "selfhost_breakeven": selfhost_breakeven,
+            "capacity_fit_errors": capacity_fit_errors,
         }

@@ -131,4 +131,32 @@ def test_bad_input_is_named(call, fragment):
 
 def test_filters_are_registered():
     assert set(cap.FilterModule().filters()) == {"vram_required", "gpus_required", "decode_ceiling_tokens_per_s",
-                                                 "selfhost_breakeven"}
+                                                 "selfhost_breakeven", "capacity_fit_errors"}
+
+
+def _facts(*gib, mig=None):
+    gpus = [{"index": i, "memory_total_bytes": g * 2**30, "mig_devices": []} for i, g in enumerate(gib)]
+    if mig:
+        gpus[0]["mig_devices"] = [{"name": f"MIG {n}", "memory_total_bytes": g * 2**30} for n, g in mig]
+    return {"nvml_available": True, "gpus": gpus}
+
+
+def test_fit_places_models_on_power_of_two_gpu_groups():
+    small = dict(LLAMA_8B, quantization="bf16", context_tokens=8192, concurrency=16)      # 35.85 GB
+    big = dict(LLAMA_70B, quantization="fp16", context_tokens=8192, concurrency=8)        # ~170 GB
+    assert cap.capacity_fit_errors([small], "infer01", _facts(80)) == []
+    assert cap.capacity_fit_errors([big, small], "infer01", _facts(80, 80, 80, 80, 80)) == []
+    errors = cap.capacity_fit_errors([big, small], "infer01", _facts(80, 80, 80, 80))
+    assert len(errors) == 1 and errors[0].startswith("infer01: model llama-3.1-8b needs 35.85 GB")
+    assert "the free GPUs give 0.0 GB usable (0 GPU/MIG device(s) x 0.9)" in errors[0]
+
+
+def test_fit_uses_mig_devices_and_reports_no_driver():
+    small = dict(LLAMA_8B, quantization="bf16", context_tokens=8192, concurrency=4)         # 22.96 GB
+    assert cap.capacity_fit_errors([small], "h", _facts(80, mig=[("3g.40gb", 39.25), ("2g.20gb", 19.5)])) == []
+    errors = cap.capacity_fit_errors([small, small], "h", _facts(80, mig=[("3g.40gb", 39.25), ("2g.20gb", 19.5)]))
+    assert len(errors) == 1 and "needs 22.96 GB (weights 16.06 + KV cache 4.29 + overhead 2.61)" in errors[0]
+    assert "give 18.8 GB usable (1 GPU/MIG device(s) x 0.9)" in errors[0]
+    assert cap.capacity_fit_errors([small], "h", {"nvml_available": False, "reason": "driver not loaded"}) == [
+        "h: capacity_models are set but no NVIDIA GPU answers: driver not loaded"]
+    assert cap.capacity_fit_errors([], "h", {}) == []
