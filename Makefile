@@ -94,3 +94,16 @@ molecule: $(STAMP) lab-image ## every Molecule scenario (or ROLE=<name> for one;
 .PHONY: changelog
 changelog: $(STAMP) ## lint the changelog fragments
 	$(BIN)/antsibull-changelog lint
+
+# ------------------------------------------------------------ bench-edge --
+BENCH_EDGE_OUT := tests/output/bench-edge
+BENCH_SECONDS ?= 5
+.PHONY: bench-edge
+bench-edge: $(STAMP) lab-image ## benchmark: latency nginx + HAProxy add over direct, and the highest 100%-success rate
+	rm -rf $(BENCH_EDGE_OUT) && mkdir -p $(BENCH_EDGE_OUT)
+	$(PY) tools/bench_edge.py render $(CURDIR)/$(BENCH_EDGE_OUT)
+	bash lab/lab.sh hostfiles >/dev/null
+	podman run --rm --network host \
+	  -v /var/lib/enclave-llm-lab/host-ca-bundle.crt:/etc/ssl/lab/host-ca-bundle.crt:ro \
+	  -v $(CURDIR):$(CURDIR) -w $(CURDIR) localhost/enclave-llm-lab/debian12:latest \
+	  bash -c 'apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx haproxy openssl >/dev/null && python3 tools/bench_edge.py run $(CURDIR)/$(BENCH_EDGE_OUT) --seconds $(BENCH_SECONDS)'

@@ -9,7 +9,10 @@ is exercised by the inference scenario and the full stack.
 Standard library only, so it runs with a bare python3 inside the lab hosts.
 
     python3 openai_backend.py --port 8000 --models tiny-llama,other \
-        [--api-key-file F] [--token-delay 0.01] [--first-token-delay 0.05] [--control-dir D]
+        [--api-key-file F] [--token-delay 0.01] [--first-token-delay 0.05] [--control-dir D] \
+        [--certfile CERT --keyfile KEY]   (serve HTTPS, e.g. standing in for a TLS hop)
+
+GET /double/headers answers the request headers as received (what a proxy passed on).
 
 Control (for failure tests), through files in --control-dir, read per request:
     unhealthy   -> /health answers 503
@@ -22,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import time
 import uuid
 
@@ -106,6 +110,10 @@ class Backend:
                     f"vllm:generation_tokens_total {self.tokens}\n"
                     f"double_requests_total {self.requests}\n")
             await self.send(writer, 200, text.encode(), content_type="text/plain; version=0.0.4")
+            return
+        if path == "/double/headers":
+            # Double only: the request headers as received, so tests can see what a proxy hop passed on.
+            await self.send(writer, 200, headers)
             return
         if self.api_key and headers.get("authorization") != f"Bearer {self.api_key}":
             await self.send(writer, 401, self.error(401, "invalid API key", "invalid_request_error"))
@@ -195,9 +203,15 @@ async def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.01)
     parser.add_argument("--first-token-delay", type=float, default=0.02)
     parser.add_argument("--control-dir")
+    parser.add_argument("--certfile")
+    parser.add_argument("--keyfile")
     args = parser.parse_args()
     backend = Backend(args)
-    server = await asyncio.start_server(backend.handle, args.host, args.port, backlog=1024)
+    context = None
+    if args.certfile:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.certfile, args.keyfile)
+    server = await asyncio.start_server(backend.handle, args.host, args.port, backlog=1024, ssl=context)
     async with server:
         await server.serve_forever()
 
