@@ -54,7 +54,7 @@ def _hostvars(inv: dict, host: str) -> dict:
 def test_graph_parses(name):
     out = subprocess.run(
         [str(BIN / "ansible-inventory"), "-i", f"inventories/{name}", "--graph"],
-        cwd=ROOT, env=_env(), capture_output=True, text=True,
+        cwd=ROOT, env=_env(), capture_output=True, text=True, check=False,
     )
     assert out.returncode == 0, out.stderr
     assert "@zone_inference" in out.stdout
@@ -64,7 +64,7 @@ def test_graph_parses(name):
 def test_site_syntax(name):
     out = subprocess.run(
         [str(BIN / "ansible-playbook"), "--syntax-check", "-i", f"inventories/{name}", "site.yml"],
-        cwd=ROOT, env=_env(), capture_output=True, text=True,
+        cwd=ROOT, env=_env(), capture_output=True, text=True, check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
 
