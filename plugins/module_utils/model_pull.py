@@ -675,7 +675,19 @@ def pull_files(source: Source, opts: Options) -> dict[str, Any]:
             missing.append(remote)
     result: dict[str, Any] = {"dest": opts.dest, "source": source.kind, "changed": bool(missing)}
     result.update(source.meta)
-    result["bytes_total"] = sum(f.size or 0 for f in listed)
+
+    def bytes_total() -> int:
+        # A manifest without sizes (SHA256SUMS) learns them from the source or the store.
+        total = 0
+        for f in listed:
+            if f.size is None:
+                local = os.path.join(opts.dest, f.path)
+                total += os.path.getsize(local) if os.path.isfile(local) else 0
+            else:
+                total += f.size
+        return total
+
+    result["bytes_total"] = bytes_total()
     result["diff"] = {"before": {"files": sorted(f.path for f in present)},
                       "after": {"files": sorted(f.path for f in listed)}}
 
@@ -729,6 +741,7 @@ def pull_files(source: Source, opts: Options) -> dict[str, Any]:
     store.save(source.meta)
     store.cleanup_partial_dir()
     result.update(transfer.figures(), files=file_list(actions))
+    result["bytes_total"] = bytes_total()
     return result
 
 

@@ -103,3 +103,13 @@ def test_through_ansible_playbook(server, tmp_path):
     assert "failed=0" in proc.stdout
     assert (tmp_path / "store" / "mirror" / "model.safetensors").read_bytes() == WEIGHTS
     assert (tmp_path / "store" / "hub" / "config.json").read_bytes() == CONFIG
+
+
+def test_bytes_total_is_known_for_a_manifest_without_sizes(server, tmp_path):
+    """SHA256SUMS carries no sizes: bytes_total comes from the source, then from the store."""
+    args = dict(source="http", url=server.url + "/mirror/", manifest="SHA256SUMS", dest=str(tmp_path / "m"),
+                disk_margin_mib=0)
+    first = run_module(model_pull, args)
+    assert first["changed"] is True and first["bytes_total"] == len(WEIGHTS) + len(CONFIG)
+    again = run_module(model_pull, args)
+    assert again["changed"] is False and again["bytes_total"] == len(WEIGHTS) + len(CONFIG)
