@@ -12,12 +12,24 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import labtest
 
 LB = "hap-lb"
 TINY, QWEN = "model2_tiny-llama", "model1_qwen-mini"
 BACKEND_HOSTS = {"hap-b1": {TINY: 8000, QWEN: 8001}, "hap-b2": {TINY: 8000}, "hap-b3": {TINY: 8000, QWEN: 8001}}
+
+
+MEASURED = Path(labtest.SCENARIO_DIR).parents[1] / "tests" / "output" / "molecule" / "haproxy-measured.txt"
+
+
+def measured(line: str) -> None:
+    """Print a measurement and keep it in tests/output/molecule/haproxy-measured.txt."""
+    print(f"MEASURED {line}")
+    MEASURED.parent.mkdir(parents=True, exist_ok=True)
+    with MEASURED.open("a", encoding="utf-8") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {line}\n")
 
 
 def client(*args: str, timeout: int = 120) -> dict:
@@ -127,7 +139,8 @@ def test_stopping_a_backend_under_load_costs_no_client_errors_and_removes_it_wit
     down = finish(watch)["time"]
     result = finish(load)
     removal = down - stopped if down else None
-    print(f"MEASURED removal {removal:.3f}s, load {result}")
+    measured(f"removal of a stopped backend: {None if removal is None else round(removal, 3)} s after stop; "
+             f"load loop: {result}")
     assert result["errors"] == 0, result
     assert result["ok"] > 50, result
     assert removal is not None and removal < 3.0, removal
@@ -135,7 +148,7 @@ def test_stopping_a_backend_under_load_costs_no_client_errors_and_removes_it_wit
     on_backend("hap-b2", "systemctl start openai-backend-double-8000")
     ramp = client("ramp", TINY, "hap-b2", "--timeout", "30", timeout=90)
     weights = ramp["samples"]
-    print(f"MEASURED slowstart weights (seconds after UP, weight) {weights}")
+    measured(f"slowstart weights (seconds after UP, weight): {weights}")
     ramp = [w for _offset, w in weights]
     assert ramp[0] < 100 and ramp[-1] == 100 and ramp == sorted(ramp), weights
 
@@ -193,7 +206,7 @@ def test_a_full_queue_answers_503_with_retry_after():
     # qwen-mini: 2 servers x maxconn 2 = 4 in service, 3 may queue, the queue waits 2 s.
     result = client("concurrent", "qwen-mini", "--count", "12", "--max-tokens", "60")["results"]
     statuses = sorted(r["status"] for r in result)
-    print(f"MEASURED queue statuses {statuses}")
+    measured(f"queue test statuses: {statuses}")
     assert set(statuses) <= {200, 503}, result
     assert statuses.count(200) >= 4 and statuses.count(503) >= 5, statuses
     for r in result:
