@@ -1,13 +1,14 @@
 """Probe (address, port, proto) triples from this host, in parallel, each with
-a 1 s bound: prints one JSON object {"addr port proto": "open"|"blocked"|"refused"|"error: ..."}.
+a 1 s bound (PROBE_TIMEOUT): prints one JSON object {"addr port proto": "open"|"blocked"|"refused"|"error: ..."}.
 TCP: connected = open, timeout = blocked (dropped), refused = reached but no listener.
 UDP: an answer from the listener = open, silence or an ICMP error = blocked."""
 import json
+import os
 import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-TIMEOUT = 1.0
+TIMEOUT = float(os.environ.get("PROBE_TIMEOUT", "1.0"))
 
 
 def probe(item):

@@ -77,10 +77,13 @@ def state(host: str) -> tuple[str, str]:
     return nft(host, "-s list ruleset"), hashlib.sha256(conf).hexdigest()
 
 
-def probe_from(src: str) -> dict[tuple[str, str, int], str]:
+def probe_from(src: str, only: list[tuple[str, str, int]] | None = None,
+               timeout: float = 1.0) -> dict[tuple[str, str, int], str]:
     items = [(ADDRESS[dst], port, proto) for dst in FIREWALLED if dst != src
-             for proto, ports in (("tcp", TCP_PORTS), ("udp", UDP_PORTS)) for port in ports]
-    out = subprocess.run(["podman", "exec", src, "python3", "/opt/fwtest/probe.py", json.dumps(items)],
+             for proto, ports in (("tcp", TCP_PORTS), ("udp", UDP_PORTS)) for port in ports
+             if only is None or (dst, proto, port) in only]
+    out = subprocess.run(["podman", "exec", "-e", f"PROBE_TIMEOUT={timeout}", src, "python3", "/opt/fwtest/probe.py",
+                          json.dumps(items)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     by_address = {a: h for h, a in ADDRESS.items()}
     return {(by_address[k.split()[0]], k.split()[2], int(k.split()[1])): v for k, v in json.loads(out).items()}
@@ -90,6 +93,15 @@ def test_matrix_every_source_destination_port():
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(ZONE)) as pool:
         results = dict(zip(ZONE, pool.map(probe_from, ZONE)))
+    # A connection the firewall admits can miss a 1 s bound on a loaded machine (2 cores, many hosts):
+    # every unexpected block is probed once more with a 5 s bound. An unexpected
+    # open is never retried, an open is proof.
+    retried = 0
+    for src, rows in results.items():
+        suspects = [key for key, result in rows.items() if result == "blocked" and expected(src, *key)]
+        if suspects:
+            retried += len(suspects)
+            rows.update(probe_from(src, suspects, timeout=5.0))
     unexpected_open, unexpected_blocked, other, total, opens = [], [], [], 0, 0
     for src, rows in results.items():
         for (dst, proto, port), result in sorted(rows.items()):
@@ -109,7 +121,7 @@ def test_matrix_every_source_destination_port():
     print(f"\nfirewall matrix: {total} probes ({len(ZONE)} sources x {len(FIREWALLED)} destinations x "
           f"{len(TCP_PORTS)} tcp + {len(UDP_PORTS)} udp ports, self excluded) in {time.monotonic() - started:.1f} s: "
           f"{opens} open, {total - opens - len(other)} blocked, unexpected opens {len(unexpected_open)}, "
-          f"unexpected blocks {len(unexpected_blocked)}, other {len(other)}")
+          f"unexpected blocks {len(unexpected_blocked)}, other {len(other)}; {retried} block(s) re-probed with 5 s")
     assert total == len(ZONE) * len(FIREWALLED) * (len(TCP_PORTS) + len(UDP_PORTS)) - len(FIREWALLED) * (
         len(TCP_PORTS) + len(UDP_PORTS))
     assert not unexpected_open, unexpected_open
@@ -230,10 +242,14 @@ def test_table_removed_by_hand_is_loaded_again():
 def test_ruleset_survives_a_restart():
     loaded = nft("fw-edge", "-s list table inet enclave_filter")
     subprocess.run(["podman", "restart", "fw-edge"], check=True, capture_output=True, timeout=120)
-    subprocess.run(["podman", "exec", "fw-edge", "systemctl", "is-system-running", "--wait"],
-                   capture_output=True, timeout=120, check=False)
+    for _attempt in range(60):  # bounded wait for systemd in the restarted host to run nftables.service
+        boot = subprocess.run(["podman", "exec", "fw-edge", "systemctl", "is-active", "nftables"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if boot.stdout.strip() == "active":
+            break
+        time.sleep(1)
     assert nft("fw-edge", "-s list table inet enclave_filter") == loaded
-    for _attempt in range(15):  # the restarted host's listener and bridge port take a few seconds
+    for _attempt in range(20):  # the listener, and the peers' neighbour caches (a new MAC), take a few seconds
         results = probe_from("fw-client")
         if results[("fw-edge", "tcp", 443)] == "open":
             break
