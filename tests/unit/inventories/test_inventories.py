@@ -122,3 +122,18 @@ def test_large_scale_has_pools_per_model_size():
     models_large = {m["name"] for h in large for m in _hostvars(inv, h)["vllm_models"]}
     assert models_small and models_large and not models_small & models_large
     assert _members(inv, "monitoring").isdisjoint(_members(inv, "audit_collector"))
+
+
+@pytest.mark.parametrize("name", INVENTORIES)
+def test_zone_model_and_firewall_matrix(name, tmp_path):
+    """The firewall's zone checks pass and the auditor's matrix is written, offline."""
+    report = tmp_path / "matrix.md"
+    out = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", f"inventories/{name}", "playbooks/firewall_matrix.yml",
+         "-e", f"firewall_report_path={report}"],
+        cwd=ROOT, env=_env(), capture_output=True, text=True, check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    matrix = report.read_text()
+    assert "| any (clients) | dmz | all | tcp | 443 |" in matrix
+    assert "| app | inference | all | tcp | 8000" in matrix
