@@ -54,6 +54,9 @@ def main(out: str) -> int:
                          torch_dtype="bfloat16")
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(target, safe_serialization=True)
+    # safetensors writes its file 0600; the engine runs as its own user and only reads.
+    for path in target.iterdir():
+        path.chmod(0o644)
     print(json.dumps({"path": str(target), "vocab": len(fast),
                       "bytes": sum(p.stat().st_size for p in target.iterdir())}))
     return 0
