@@ -94,3 +94,7 @@ molecule: $(STAMP) lab-image ## every Molecule scenario (or ROLE=<name> for one;
 .PHONY: changelog
 changelog: $(STAMP) ## lint the changelog fragments
 	$(BIN)/antsibull-changelog lint
+
+.PHONY: common-venv-test
+common-venv-test: $(STAMP) ## common venv entry point: offline wheelhouse install, idempotence, refusals (controller only)
+	$(BIN)/ansible-playbook tests/common_venv/venv.yml
