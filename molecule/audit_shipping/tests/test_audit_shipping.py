@@ -53,15 +53,18 @@ def test_no_record_lost_across_collector_outage_and_restarts():
     assert wait_for(lambda: len(mine()) >= N, 90), f"only {len(mine())} of {N} arrived before the outage"
 
     collector, sender = host(COLLECTOR), host(SENDER)
-    collector.run_expect([0], "systemctl stop rsyslog")
+    # syslog.socket would start rsyslog again on the next local log line: stop both.
+    collector.run_expect([0], "systemctl stop syslog.socket rsyslog.service")
     append(N + 1, M, run)
     time.sleep(5)                                             # the sender retries and queues
+    during_outage = len(mine())
     sender.run_expect([0], "systemctl restart rsyslog")       # queue saved to disk and read back
     queued = sender.run("ls /var/spool/rsyslog/").stdout
-    collector.run_expect([0], "systemctl start rsyslog")
+    collector.run_expect([0], "systemctl start rsyslog.service")
     assert wait_for(lambda: len({r['seq'] for r in mine()}) >= N + M, 120), \
         f"{len({r['seq'] for r in mine()})} of {N + M} distinct records arrived"
 
+    assert during_outage == N                                 # the outage was real: nothing got through
     seqs = [r["seq"] for r in mine()]
     missing = sorted(set(range(1, N + M + 1)) - set(seqs))
     duplicates = len(seqs) - len(set(seqs))
