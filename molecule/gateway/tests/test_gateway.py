@@ -12,7 +12,7 @@ from labtest import EPHEMERAL_DIR, host, run_playbook
 
 HOST = "gw-app"
 URL = "https://10.232.6.10:8443"
-CA = "/etc/enclave/pki/certs/ca.crt"
+CA = "/etc/enclave/pki/ca.crt"
 AUDIT = "/var/log/enclave-gateway/audit.jsonl"
 GATEWAY = "/opt/enclave-gateway/venv/bin/enclave-gateway"
 
