@@ -62,7 +62,8 @@ def test_keys_file_holds_only_hashes():
 def test_real_key_is_served_through_the_backend_double():
     status, text = call(api_key=key())
     assert status == 200, text
-    assert "hello from molecule" in json.loads(text)["choices"][0]["message"]["content"]
+    # The double echoes the prompt it received, cut to max_tokens (6) words.
+    assert '"content": "hello' in json.loads(text)["choices"][0]["message"]["content"]
 
 
 def test_streamed_answer_passes_through():
