@@ -44,6 +44,7 @@ class Backend:
         self.requests = 0
         self.in_flight = 0
         self.tokens = 0
+        self.last_request = None   # the last parsed completion request (tests read what reached the "model")
 
     def _control(self, name: str) -> str | None:
         if not self.args.control_dir:
@@ -133,6 +134,7 @@ class Backend:
         except ValueError:
             await self.send(writer, 400, self.error(400, "body is not JSON", "invalid_request_error"))
             return
+        self.last_request = request
         model = request.get("model")
         if model not in self.served_models():
             await self.send(writer, 404, self.error(404, f"The model `{model}` does not exist.", "NotFoundError"))

@@ -1,0 +1,2 @@
+"""enclave.llm audit gateway."""
+__version__ = "0.1.0"
