@@ -56,7 +56,7 @@ def render(out: Path) -> None:
                     "haproxy_port": f"{HAPROXY_PORT} ssl crt {out}/gateway.pem",
                     "haproxy_metrics_bind_address": "127.0.0.1", "haproxy_metrics_port": 18404,
                     "haproxy_runtime_socket": str(out / "admin.sock"),
-                    "haproxy_server_maxconn": 512, "haproxy_queue_max": 4096, "haproxy_global_maxconn": 8192}
+                    "haproxy_server_maxconn": 512, "haproxy_queue_max": 4096, "haproxy_global_maxconn": 1800}
     text = env.get_template("haproxy/templates/etc/haproxy/haproxy.cfg.j2").render(**haproxy_vars)
     # Outside systemd and root: no chroot/user switch, logs dropped (syslog is not the subject here).
     text = "\n".join(line for line in text.splitlines()
