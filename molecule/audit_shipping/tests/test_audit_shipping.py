@@ -1,6 +1,6 @@
 """Loss-free shipping: N records, collector down, M more, sender and collector restarted,
-all N+M sequence numbers arrive (rsyslog's own queue-test method). The collector
-(enclave.llm.audit_collector) stands in for the SIEM."""
+all N+M sequence numbers arrive (rsyslog's own queue-test method). The collector is the
+real rsyslog imrelp of enclave.llm.audit_collector, standing in for the SIEM."""
 from __future__ import annotations
 
 import json
@@ -38,8 +38,16 @@ def wait_for(predicate, seconds: float) -> bool:
     return False
 
 
-def test_rsyslog_runs_with_relp_tls():
-    assert host(SENDER).service("rsyslog").is_running
+def test_shipper_runs_sandboxed_as_its_user():
+    node = host(SENDER)
+    assert node.service("enclave-audit-ship").is_running
+    assert node.service("enclave-audit-ship").is_enabled
+    pid = node.run_expect([0], "systemctl show -p MainPID --value enclave-audit-ship").stdout.strip()
+    assert node.run_expect([0], f"stat -c %U /proc/{pid}").stdout.strip() == "enclave-audit-ship"
+    show = node.run_expect([0], "systemctl show enclave-audit-ship -p ProtectSystem -p NoNewPrivileges "
+                                "-p SupplementaryGroups -p ReadWritePaths").stdout
+    assert "ProtectSystem=strict" in show and "NoNewPrivileges=yes" in show and "adm" in show
+    assert node.file("/etc/enclave/audit-ship.json").mode == 0o640
     assert host(COLLECTOR).socket("tcp://0.0.0.0:2514").is_listening
 
 
@@ -58,8 +66,13 @@ def test_no_record_lost_across_collector_outage_and_restarts():
     append(N + 1, M, run)
     time.sleep(5)                                             # the sender retries and queues
     during_outage = len(mine())
-    sender.run_expect([0], "systemctl restart rsyslog")       # queue saved to disk and read back
-    queued = sender.run("ls /var/spool/rsyslog/").stdout
+    sender.run_expect([0], "systemctl restart enclave-audit-ship")  # restarted during the outage
+    queued = sender.run("cat /var/lib/enclave-audit-ship/enclave-audit.state").stdout
+    metrics = "/var/lib/enclave-audit-ship/enclave_audit_shipping.prom"
+    backlog_line = f'enclave_audit_queue_messages{{queue="enclave-audit"}} {M}'
+    # The restarted shipper reports the M waiting records as its backlog (the file is the queue).
+    assert wait_for(lambda: backlog_line in sender.run(f"cat {metrics}").stdout, 30), sender.run(f"cat {metrics}").stdout
+    backlog = backlog_line
     collector.run_expect([0], "systemctl start rsyslog.service")
     assert wait_for(lambda: len({r['seq'] for r in mine()}) >= N + M, 120), \
         f"{len({r['seq'] for r in mine()})} of {N + M} distinct records arrived"
@@ -69,7 +82,7 @@ def test_no_record_lost_across_collector_outage_and_restarts():
     missing = sorted(set(range(1, N + M + 1)) - set(seqs))
     duplicates = len(seqs) - len(set(seqs))
     print(f"N={N} M={M} received={len(seqs)} distinct={len(set(seqs))} duplicates={duplicates} "
-          f"missing={len(missing)} spool-after-restart={queued.split()}")
+          f"missing={len(missing)} checkpoint-after-restart={queued.strip()} metrics={backlog.strip()}")
     assert not missing
     assert len(set(seqs)) == N + M
 

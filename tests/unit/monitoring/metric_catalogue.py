@@ -55,6 +55,8 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "enclave_audit_queue_messages": GAUGE,
         "enclave_audit_shipping_failures_total": COUNTER,
         "enclave_audit_last_shipped_timestamp_seconds": GAUGE,
+        "enclave_audit_shipped_lines_total": COUNTER,
+        "enclave_audit_unrecoverable_events_total": COUNTER,
     },
     "nvidia_gpu_exporter": {
         "nvidia_smi_gpu_info": GAUGE,
