@@ -292,8 +292,10 @@ def test_a_wrong_key_takes_the_server_out_and_rerunning_the_role_puts_it_back():
     key = upstream_key()
     lb = labtest.host(LB)
     # Only tiny-llama on hap-b1 gets a wrong key: the lookup is per backend and server.
-    lb.check_output(f"sed -i 's|^{TINY}/hap-b1 .*|{TINY}/hap-b1 Bearer wrong-key|' {KEY_MAP} && systemctl reload haproxy")
-    wait_state(TINY, "hap-b1", "DOWN", timeout=15)
+    reloaded = float(lb.check_output(f"sed -i 's|^{TINY}/hap-b1 .*|{TINY}/hap-b1 Bearer wrong-key|' {KEY_MAP} "
+                                     "&& systemctl reload haproxy && date +%s.%N"))
+    down = wait_state(TINY, "hap-b1", "DOWN", timeout=15)
+    measured(f"wrong health-check key: server DOWN {round(down - reloaded, 3)} s after the reload")
     row = servers(TINY)["hap-b1"]
     assert row["check_status"] == "L7STS" and row["check_code"] == "401", row
     assert servers(TINY)["hap-b3"]["status"] == "UP" and servers(QWEN)["hap-b1"]["status"] == "UP"
@@ -308,10 +310,17 @@ def test_a_wrong_key_takes_the_server_out_and_rerunning_the_role_puts_it_back():
     assert servers(TINY)["hap-b1"]["check_status"] == "L7OK"
 
 
-def test_a_missing_key_file_fails_the_play_naming_host_and_file():
+def test_a_missing_key_file_or_a_mixed_engine_model_fails_the_play_clearly():
     run = labtest.run_playbook(extra_vars={"vllm_api_key_file": "/etc/vllm/no-such-key"})
     assert run.rc != 0
     assert "/etc/vllm/no-such-key does not exist there" in run.output and "hap-b1" in run.output
+    mixed = [{"model": "tiny-llama", "servers": [
+        {"name": "hap-b1", "address": "10.232.5.21", "port": 8000, "engine": "vllm", "api_key_file": None},
+        {"name": "hap-b2", "address": "10.232.5.22", "port": 11434, "engine": "ollama", "api_key_file": None}]}]
+    run = labtest.run_playbook(extra_vars={"haproxy_backends": mixed})
+    assert run.rc != 0
+    assert "model tiny-llama is served by hap-b1 (vllm), hap-b2 (ollama)" in " ".join(run.output.split()), \
+        run.output[-2000:]
     assert client("request", "tiny-llama")["status"] == 200
 
 
@@ -335,10 +344,12 @@ def test_ollama_backends_are_up_while_they_list_the_model():
 
 def test_an_ollama_backend_that_stops_listing_the_model_is_taken_out():
     wait_state(LLAMA_OLLAMA, "hap-b2", "UP", timeout=20)
+    deleted = time.time()
     assert ollama("DELETE", "/api/delete", "llama3.2:1b") == 200
     try:
         down = wait_state(LLAMA_OLLAMA, "hap-b2", "DOWN", timeout=10)
-        assert down
+        measured(f"Ollama model deleted: server DOWN {round(down - deleted, 3)} s after the delete request")
+        assert down - deleted < 3.0
         assert servers(LLAMA_OLLAMA)["hap-b2"]["check_status"] == "L7RSP"
         out = client("request", "llama3.2:1b")
         assert out["status"] == 503 and out["headers"].get("retry-after") == "5", out
