@@ -45,6 +45,9 @@ def render(out: Path) -> None:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT / "roles")), trim_blocks=True,
                              keep_trailing_newline=True, extensions=["jinja2.ext.do"])
     env.filters.update(FilterModule().filters())
+    sys.path.insert(0, str(ROOT / "plugins" / "filter"))
+    from inference import FilterModule as InferenceFilters  # the collection's own filters, as enclave.llm.*
+    env.filters.update({f"enclave.llm.{name}": func for name, func in InferenceFilters().filters().items()})
     common = {"ansible_managed": "rendered by tools/bench_edge.py", "inventory_hostname": "bench"}
     haproxy_defaults = _defaults("haproxy")
     haproxy_vars = {**haproxy_defaults, **common,

@@ -22,6 +22,20 @@ import threading
 import time
 
 SOCKET = os.environ.get("LBCLIENT_SOCKET", "/run/haproxy/admin.sock")
+# The upstream key the gateway presents to the engines (gateway_upstream_api_key); the
+# scenario's vLLM doubles on hap-b1/hap-b3 require it on /v1/*. Root-only file, read here.
+UPSTREAM_KEY_FILE = "/opt/tests/upstream-key"
+
+
+def _upstream_key() -> str | None:
+    try:
+        with open(UPSTREAM_KEY_FILE, encoding="utf-8") as handle:
+            return handle.readline().strip() or None
+    except OSError:
+        return None
+
+
+UPSTREAM_KEY = _upstream_key()
 
 
 def runtime(command: str) -> str:
@@ -49,6 +63,8 @@ def one(conn: http.client.HTTPConnection, model: str | None, header: bool, strea
     payload = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": max_tokens, "stream": stream,
                "model": body_model if body_model is not None else model}
     headers = {"Content-Type": "application/json"}
+    if UPSTREAM_KEY:
+        headers["Authorization"] = f"Bearer {UPSTREAM_KEY}"
     if header and model is not None:
         headers["X-Enclave-Model"] = model
     start = time.time()

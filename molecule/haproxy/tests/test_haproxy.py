@@ -3,9 +3,14 @@ hosts running the OpenAI-compatible backend DOUBLE (tests/doubles/openai_backend
 a stand-in for vLLM; real vLLM is not run here).
 
 hap-b1: tiny-llama :8000, qwen-mini :8001; hap-b2: tiny-llama :8000;
-hap-b3: tiny-llama :8000, qwen-mini :8001. Requests are sent from hap-lb itself
-(HAProxy listens on loopback) with /opt/tests/lbclient.py. Tests run in file order;
-each leaves every backend healthy.
+hap-b3: tiny-llama :8000, qwen-mini :8001. The doubles on hap-b1 and hap-b3 require
+an API key on /v1/* (like vLLM with --api-key), read from their root-only key files;
+hap-b2's runs without one. hap-b2 also runs the Ollama-protocol DOUBLE
+(tests/doubles/ollama_double.py, a stand-in for Ollama; real Ollama is not run here)
+on 11434 with llama3.2:1b and tinyllama pulled. Requests are sent from hap-lb itself
+(HAProxy listens on loopback) with /opt/tests/lbclient.py, which presents the
+upstream key like the gateway does. Tests run in file order; each leaves every
+backend healthy.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ from pathlib import Path
 import labtest
 
 LB = "hap-lb"
-TINY, QWEN = "model2_tiny-llama", "model1_qwen-mini"
+# Backends are numbered in model order: llama3.2:1b, qwen-mini, tiny-llama, tinyllama.
+LLAMA_OLLAMA, QWEN, TINY, TINY_OLLAMA = "model1_llama3.2:1b", "model2_qwen-mini", "model3_tiny-llama", "model4_tinyllama"
+KEY_MAP = "/etc/haproxy/check-keys.map"
 BACKEND_HOSTS = {"hap-b1": {TINY: 8000, QWEN: 8001}, "hap-b2": {TINY: 8000}, "hap-b3": {TINY: 8000, QWEN: 8001}}
 
 
@@ -222,3 +229,133 @@ def test_bad_inventory_fails_clearly_and_leaves_haproxy_running():
     empty = labtest.run_playbook(extra_vars={"haproxy_inference_group": "zone_nothing"})
     assert empty.rc != 0 and "no inference backends" in empty.output
     assert client("request", "tiny-llama")["status"] == 200
+
+
+# ------------------------------------------------- health checks with the engine's API key
+
+def http_status(host: str, url: str, method: str = "GET", body: str | None = None, key_file: str | None = None) -> int:
+    """Status of one request made inside ``host`` (the key, when given, is read there from a file)."""
+    script = (
+        "import sys, urllib.request, urllib.error\n"
+        "url, method, body, key_file = sys.argv[1:5]\n"
+        "req = urllib.request.Request(url, method=method, data=body.encode() if body else None)\n"
+        "if key_file:\n"
+        "    req.add_header('Authorization', 'Bearer ' + open(key_file).read().strip())\n"
+        "try:\n"
+        "    print(urllib.request.urlopen(req, timeout=10).status)\n"
+        "except urllib.error.HTTPError as error:\n"
+        "    print(error.code)\n")
+    cmd = ["podman", "exec", host, "python3", "-c", script, url, method, body or "", key_file or ""]
+    return int(subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True).stdout.strip())
+
+
+def upstream_key() -> str:
+    key = on_backend("hap-b1", "cat /etc/vllm/api-key").strip()
+    assert len(key) == 40 and key == on_backend("hap-b3", "cat /etc/vllm/other-key").strip()
+    return key
+
+
+def test_keyed_backends_are_up_because_the_check_sends_the_engines_key():
+    all_up()
+    # The doubles really require the key: without it /v1/models is 401, with it 200.
+    assert http_status(LB, "http://10.232.5.21:8000/v1/models") == 401
+    assert http_status(LB, "http://10.232.5.23:8001/v1/models") == 401
+    assert http_status(LB, "http://10.232.5.21:8000/v1/models", key_file="/opt/tests/upstream-key") == 200
+    assert http_status(LB, "http://10.232.5.22:8000/v1/models") == 200   # hap-b2 runs without a key
+    for backend in (TINY, QWEN):
+        assert all(row["status"] == "UP" and row["check_status"] == "L7OK" for row in servers(backend).values())
+    lb = labtest.host(LB)
+    keys = lb.file(KEY_MAP)
+    assert keys.user == "root" and keys.group == "root" and keys.mode == 0o600
+    assert lb.run(f"su -s /bin/sh -c 'cat {KEY_MAP}' haproxy").rc != 0
+    # The master CLI (Debian's unit adds -S /run/haproxy-master.sock) can show maps: root only too.
+    assert lb.run("su -s /bin/sh -c 'test -w /run/haproxy-master.sock' haproxy").rc != 0
+    key = upstream_key()
+    # One line per keyed server (hap-b3's key comes from its non-default vllm_api_key_file);
+    # none for hap-b2's keyless vLLM, none for Ollama.
+    lines = sorted(lb.file(KEY_MAP).content_string.splitlines())
+    assert lines == sorted(f"{b}/{h} Bearer {key}" for b in (QWEN, TINY) for h in ("hap-b1", "hap-b3")), \
+        [line.split(" Bearer ")[0] for line in lines]
+    # The key is nowhere else on the balancer: not in haproxy.cfg, a command line, an
+    # environment, or the journal.
+    config = lb.file("/etc/haproxy/haproxy.cfg")
+    assert key not in config.content_string and KEY_MAP in config.content_string
+    assert config.user == "root" and config.group == "haproxy" and config.mode == 0o640
+    assert key not in lb.check_output("ps -eo args")
+    environ = lb.check_output("for p in $(pgrep -x haproxy); do tr '\\0' '\\n' < /proc/$p/environ; done")
+    assert "PATH=" in environ and key not in environ
+    assert key not in lb.check_output("journalctl --no-pager -n 2000")
+
+
+def test_a_wrong_key_takes_the_server_out_and_rerunning_the_role_puts_it_back():
+    all_up()
+    key = upstream_key()
+    lb = labtest.host(LB)
+    # Only tiny-llama on hap-b1 gets a wrong key: the lookup is per backend and server.
+    reloaded = float(lb.check_output(f"sed -i 's|^{TINY}/hap-b1 .*|{TINY}/hap-b1 Bearer wrong-key|' {KEY_MAP} "
+                                     "&& systemctl reload haproxy && date +%s.%N"))
+    down = wait_state(TINY, "hap-b1", "DOWN", timeout=15)
+    measured(f"wrong health-check key: server DOWN {round(down - reloaded, 3)} s after the reload")
+    row = servers(TINY)["hap-b1"]
+    assert row["check_status"] == "L7STS" and row["check_code"] == "401", row
+    assert servers(TINY)["hap-b3"]["status"] == "UP" and servers(QWEN)["hap-b1"]["status"] == "UP"
+    for _attempt in range(6):
+        assert client("request", "tiny-llama")["status"] == 200
+    # Re-running the play reads the key file on hap-b1 again and rewrites the map.
+    run = labtest.run_playbook()
+    assert run.rc == 0, run.output[-3000:]
+    assert run.changed() >= 1
+    assert key not in run.output
+    wait_state(TINY, "hap-b1", "UP", timeout=20)
+    assert servers(TINY)["hap-b1"]["check_status"] == "L7OK"
+
+
+def test_a_missing_key_file_or_a_mixed_engine_model_fails_the_play_clearly():
+    run = labtest.run_playbook(extra_vars={"vllm_api_key_file": "/etc/vllm/no-such-key"})
+    assert run.rc != 0
+    assert "/etc/vllm/no-such-key does not exist there" in run.output and "hap-b1" in run.output
+    mixed = [{"model": "tiny-llama", "servers": [
+        {"name": "hap-b1", "address": "10.232.5.21", "port": 8000, "engine": "vllm", "api_key_file": None},
+        {"name": "hap-b2", "address": "10.232.5.22", "port": 11434, "engine": "ollama", "api_key_file": None}]}]
+    run = labtest.run_playbook(extra_vars={"haproxy_backends": mixed})
+    assert run.rc != 0
+    assert "model tiny-llama is served by hap-b1 (vllm), hap-b2 (ollama)" in " ".join(run.output.split()), \
+        run.output[-2000:]
+    assert client("request", "tiny-llama")["status"] == 200
+
+
+# ------------------------------------------------------------------ Ollama backends
+
+def ollama(method: str, path: str, model: str) -> int:
+    body = json.dumps({"model": model, "stream": False})
+    return http_status("hap-b2", f"http://10.232.5.22:11434{path}", method=method, body=body)
+
+
+def test_ollama_backends_are_up_while_they_list_the_model():
+    for backend in (LLAMA_OLLAMA, TINY_OLLAMA):
+        assert set(servers(backend)) == {"hap-b2"}
+        wait_state(backend, "hap-b2", "UP", timeout=20)
+        assert servers(backend)["hap-b2"]["check_status"] == "L7OK"
+    # The OpenAI-compatible API of the Ollama double answers through the balancer.
+    out = client("request", "llama3.2:1b")
+    assert out["status"] == 200, out
+    assert json.loads(out["body"])["model"] == "llama3.2:1b"
+
+
+def test_an_ollama_backend_that_stops_listing_the_model_is_taken_out():
+    wait_state(LLAMA_OLLAMA, "hap-b2", "UP", timeout=20)
+    deleted = time.time()
+    assert ollama("DELETE", "/api/delete", "llama3.2:1b") == 200
+    try:
+        down = wait_state(LLAMA_OLLAMA, "hap-b2", "DOWN", timeout=10)
+        measured(f"Ollama model deleted: server DOWN {round(down - deleted, 3)} s after the delete request")
+        assert down - deleted < 3.0
+        assert servers(LLAMA_OLLAMA)["hap-b2"]["check_status"] == "L7RSP"
+        out = client("request", "llama3.2:1b")
+        assert out["status"] == 503 and out["headers"].get("retry-after") == "5", out
+        # The other model of the same Ollama stays in rotation.
+        assert servers(TINY_OLLAMA)["hap-b2"]["status"] == "UP"
+    finally:
+        assert ollama("POST", "/api/pull", "llama3.2:1b") == 200
+    wait_state(LLAMA_OLLAMA, "hap-b2", "UP", timeout=20)
+    assert client("request", "llama3.2:1b")["status"] == 200
