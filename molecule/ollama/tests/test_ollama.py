@@ -29,6 +29,11 @@ def get(node, path):
         BASE + path))
 
 
+def flat(output: str) -> str:
+    """The playbook output with YAML line folding undone, so a message reads as one line."""
+    return " ".join(output.split())
+
+
 def main_pid(node) -> int:
     return int(node.check_output("systemctl show -p MainPID --value ollama.service"))
 
@@ -87,7 +92,7 @@ def test_wrong_checksum_fails_and_keeps_the_previous_binary(node):
     pid = main_pid(node)
     run = labtest.run_playbook("converge.yml", extra_vars={"ollama_version": "0.0.2"})
     assert run.rc != 0
-    assert "does not match the pinned checksum for 0.0.2/amd64" in run.output, run.output[-3000:]
+    assert "does not match the pinned checksum for 0.0.2/amd64" in flat(run.output), run.output[-3000:]
     assert node.file("/opt/ollama/current").linked_to == "/opt/ollama/0.0.1"
     assert not node.file("/var/cache/ollama/ollama-0.0.2-linux-amd64.tgz").exists
     assert main_pid(node) == pid
@@ -96,8 +101,34 @@ def test_wrong_checksum_fails_and_keeps_the_previous_binary(node):
 def test_missing_checksum_fails_before_any_change(node):
     run = labtest.run_playbook("converge.yml", extra_vars={"ollama_version": "9.9.9"})
     assert run.rc != 0
-    assert "no pinned checksum for version 9.9.9 on amd64" in run.output
+    assert "no pinned checksum for version 9.9.9 on amd64" in flat(run.output)
     assert not node.file("/opt/ollama/9.9.9").exists
+
+
+def test_unknown_model_fails_naming_it_and_leaves_the_service(node):
+    pid = main_pid(node)
+    unit = node.file("/etc/systemd/system/ollama.service").content_string
+    run = labtest.run_playbook("converge.yml", extra_vars={"ollama_models": ["llama3.2:1b", "no-such-model:7b"]})
+    assert run.rc != 0
+    assert "could not pull no-such-model:7b" in flat(run.output), run.output[-3000:]
+    assert main_pid(node) == pid
+    assert node.file("/etc/systemd/system/ollama.service").content_string == unit
+    assert [m["name"] for m in get(node, "/api/tags")["models"]] == ["llama3.2:1b"]
+
+
+def test_port_clash_fails_naming_it_and_leaves_the_service(node):
+    pid = main_pid(node)
+    unit = node.file("/etc/systemd/system/ollama.service").content_string
+    squatter = node.run("nohup python3 -m http.server 11435 --bind 10.232.8.11 >/dev/null 2>&1 & sleep 1")
+    assert squatter.rc == 0
+    try:
+        run = labtest.run_playbook("converge.yml", extra_vars={"ollama_port": 11435})
+    finally:
+        node.run("pkill -f 'http.server 11435'")
+    assert run.rc != 0
+    assert "port 11435 is already in use by" in flat(run.output), run.output[-3000:]
+    assert main_pid(node) == pid
+    assert node.file("/etc/systemd/system/ollama.service").content_string == unit
 
 
 def test_second_run_changes_nothing():
