@@ -234,3 +234,13 @@ def test_site_wiring_follows_the_host_groups(name):
         assert upstream in {f"https://{address(g)}:8443/" for g in gateways}
         if host in gateways:
             assert upstream == f"https://{address(host)}:8443/", f"{name}: {host} skips its own gateway"
+
+
+def test_one_engine_key_for_every_vllm_and_the_gateway():
+    """The gateway sends one upstream key to whichever vLLM HAProxy picks: both come from one variable."""
+    import yaml
+
+    wiring = yaml.safe_load((ROOT / "group_vars" / "all" / "site.yml").read_text())
+    assert wiring["site_engine_api_key"] == "", "no key may live in the repository"
+    assert wiring["vllm_api_key"] == "{{ site_engine_api_key }}"
+    assert wiring["gateway_upstream_api_key"] == "{{ site_engine_api_key }}"
