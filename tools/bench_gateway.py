@@ -167,7 +167,9 @@ async def bench(args) -> dict:
                 cell["added_p50_ms"] = cell["gateway_p50_ms"] - cell["direct_p50_ms"]
                 cell["added_p99_ms"] = cell["gateway_p99_ms"] - cell["direct_p99_ms"]
                 cell["ratio_p50"] = cell["gateway_p50_ms"] / cell["direct_p50_ms"]
-                cell["gateway_cpu_ms_per_request"] = gateway_cpu / max(1, len(lat_g)) * 1e3
+                # Each round also sends `concurrency` warm-up requests through the gateway.
+                served = len(lat_g) + args.rounds * concurrency
+                cell["gateway_cpu_ms_per_request"] = gateway_cpu / served * 1e3
                 report["cells"].append(cell)
                 print(f"dlp={'on ' if dlp else 'off'} c={concurrency:>2}  direct p50 {cell['direct_p50_ms']:7.2f} "
                       f"p99 {cell['direct_p99_ms']:7.2f} | gateway p50 {cell['gateway_p50_ms']:7.2f} "
