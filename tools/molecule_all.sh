@@ -20,19 +20,22 @@ run_one() {
     "$root/.venv/bin/molecule" test -s "$s" > "$logs/$s.log" 2>&1
     rc=$?
   fi
-  echo "$s $rc $(( $(date +%s) - start ))" >> "$logs/results"
+  echo "$s $rc $(( $(date +%s) - start ))" >> "$results"
   echo "=== $s: $([ $rc -eq 0 ] && echo passed || echo FAILED) in $(( $(date +%s) - start )) s"
   return $rc
 }
 export -f run_one
-export root logs jobs
+# One results file per invocation: two runs at once in one checkout keep their own.
+results="$(mktemp "$logs/results.XXXXXX")"
+trap 'rm -f "$results"' EXIT
+export root logs jobs results
 
-: > "$logs/results"
 start=$(date +%s)
 printf '%s\n' "$@" | xargs -P "$jobs" -I{} bash -c 'run_one "$@"' _ {}
-failed=$(awk '$2 != 0 {print $1}' "$logs/results")
-echo "=== molecule: $(wc -l < "$logs/results") scenario(s) in $(( $(date +%s) - start )) s with $jobs at a time"
-sort -k3 -n -r "$logs/results" | awk '{printf "    %-16s %4d s  %s\n", $1, $3, ($2 == 0 ? "ok" : "FAILED")}'
+cp "$results" "$logs/results"
+failed=$(awk '$2 != 0 {print $1}' "$results")
+echo "=== molecule: $(wc -l < "$results") scenario(s) in $(( $(date +%s) - start )) s with $jobs at a time"
+sort -k3 -n -r "$results" | awk '{printf "    %-16s %4d s  %s\n", $1, $3, ($2 == 0 ? "ok" : "FAILED")}'
 if [ -n "$failed" ]; then
   for s in $failed; do
     echo "=== log of $s (last 150 lines; whole log: tests/output/molecule/$s.log)"
