@@ -1,6 +1,5 @@
-# -*- coding: utf-8 -*-
-# Copyright: (c) 2026, enclave.llm contributors
-# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# Copyright: enclave.llm contributors
+# Apache License 2.0 (see LICENSE)
 """enclave-audit-ship: ship log files to a RELP/TLS collector without losing a line.
 
 The file being shipped is the queue. For each file the shipper keeps a checkpoint
@@ -120,7 +119,6 @@ class Cursor:
         self.rotated_since = None   # monotonic time the path was seen pointing elsewhere
         self.last_ack_wall = None
         self.dirty = False
-        self.partial_warned = False
         self.unrecoverable = 0      # times data was found unreadable (rotated away, truncated)
 
     # -- checkpoint ---------------------------------------------------------------
@@ -261,10 +259,7 @@ class Cursor:
                 # A line longer than the collector accepts: ship it in pieces so it is kept whole in order.
                 end = self.read + max_bytes
                 return line[:max_bytes], end
-            if not self.partial_warned and len(line) > 0:
-                self.partial_warned = True
             return None                      # the writer has not finished this line yet
-        self.partial_warned = False
         return line[:-1], self.read + len(line)
 
     def backlog(self) -> int:
@@ -407,7 +402,7 @@ class Shipper:
         for cursor in self.cursors:
             cursor.load()
         self.session = None
-        self.pending = collections.deque()       # (txnr, cursor, end offset, wall time read)
+        self.pending = collections.deque()       # (txnr, cursor, offset after the line)
         self.stopping = False
         self.failures = 0
         self.shipped = 0
