@@ -41,5 +41,12 @@ if [ -n "$failed" ]; then
     echo "=== log of $s (last 150 lines; whole log: tests/output/molecule/$s.log)"
     tail -n 150 "$logs/$s.log"
   done
+  # Last, so that a CI page showing only the end of the output still says why.
+  for s in $failed; do
+    echo "=== why $s failed (failed tests, fatal tasks; whole log: tests/output/molecule/$s.log):"
+    sed 's/\x1b\[[0-9;]*m//g' "$logs/$s.log" \
+      | grep -E "FAILED [^ ]+::|^[^A-Za-z]*E +[A-Za-z]*(Error|Exception)|fatal: \[" \
+      | cut -c1-400 | tail -n 12
+  done
   exit 1
 fi

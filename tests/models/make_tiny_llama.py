@@ -49,7 +49,7 @@ def main(out: str) -> int:
 
     torch.manual_seed(4)
     config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
                          torch_dtype="bfloat16")
     model = LlamaForCausalLM(config).to(torch.bfloat16)
