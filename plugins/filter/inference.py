@@ -210,7 +210,28 @@ def inference_check_keys(backends: Any, key_files: Any) -> str:
     return "".join(line + "\n" for line in sorted(lines))
 
 
+def inference_host_servers(backends: Any, host: Any) -> list[dict]:
+    """The balancer's servers that are ``host``: ``[{backend, server, model, port, engine}]``.
+
+    ``backends`` is the balancer's backend list (``inference_backends``' result,
+    backend ``index`` = position + 1); the rolling update drains and re-enables
+    exactly these through HAProxy's runtime API.
+    """
+    if not isinstance(backends, (list, tuple)):
+        raise AnsibleFilterError("inference_host_servers expects the list of backends")
+    if not isinstance(host, str) or not host:
+        raise AnsibleFilterError(f"inference_host_servers: {host!r} is not an inventory host name")
+    found = []
+    for index, backend in enumerate(backends, start=1):
+        name = inference_backend_name(backend.get("model"), index)
+        for server in backend.get("servers") or []:
+            if server.get("name") == host:
+                found.append({"backend": name, "server": host, "model": backend["model"],
+                              "port": server.get("port"), "engine": server.get("engine")})
+    return found
+
+
 class FilterModule:
     def filters(self) -> dict:
         return {"inference_backends": inference_backends, "inference_backend_name": inference_backend_name,
-                "inference_check_keys": inference_check_keys}
+                "inference_check_keys": inference_check_keys, "inference_host_servers": inference_host_servers}

@@ -126,11 +126,12 @@ def test_rolling_update_surveys_ask_for_model_and_version(controller):
     templates = objects(store, "job_templates")
     update = store.surveys[templates["enclave.llm - rolling update"]["id"]]
     questions = {q["variable"]: q for q in update["spec"]}
-    assert set(questions) == {"rolling_update_model", "rolling_update_version"}
+    assert set(questions) == {"rolling_update_model", "rolling_update_model_path", "rolling_update_engine_version"}
     assert questions["rolling_update_model"]["type"] == "multiplechoice"
-    # The choices are the inventory's served models.
-    assert questions["rolling_update_model"]["choices"] == ["llama3.2:1b", "other-model", "tiny-llama"]
-    assert questions["rolling_update_version"]["required"] is True
+    # The choices are the inventory's vLLM-served models (the rolling update's hosts), not Ollama's.
+    assert questions["rolling_update_model"]["choices"] == ["other-model", "tiny-llama"]
+    assert questions["rolling_update_model_path"]["required"] is False
+    assert questions["rolling_update_engine_version"]["required"] is False
     assert templates["enclave.llm - rolling update"]["survey_enabled"] is True
     rollback = store.surveys[templates["enclave.llm - rollback"]["id"]]
     assert [q["variable"] for q in rollback["spec"]] == ["rolling_update_model"]

@@ -6,7 +6,8 @@ from ansible.errors import AnsibleFilterError
 import base64
 
 from ansible_collections.enclave.llm.plugins.filter.inference import (
-    FilterModule, inference_backend_name, inference_backends, inference_check_keys, model_name_error)
+    FilterModule, inference_backend_name, inference_backends, inference_check_keys, inference_host_servers,
+    model_name_error)
 
 HOSTVARS = {
     "gpu01": {"ansible_host": "10.0.30.11",
@@ -207,3 +208,24 @@ def test_new_filters_are_registered():
     filters = FilterModule().filters()
     assert filters["inference_backend_name"] is inference_backend_name
     assert filters["inference_check_keys"] is inference_check_keys
+
+
+# --------------------------------------------------------------- rolling update: a host's servers
+
+def test_host_servers_are_named_like_the_backends():
+    backends = inference_backends(["gpu01", "gpu02", "cpu01", "idle"], HOSTVARS)
+    assert inference_host_servers(backends, "gpu01") == [
+        {"backend": "model2_qwen2.5-7b", "server": "gpu01", "model": "qwen2.5-7b", "port": 8001, "engine": "vllm"},
+        {"backend": "model3_tiny-llama", "server": "gpu01", "model": "tiny-llama", "port": 8000, "engine": "vllm"}]
+    assert [s["backend"] for s in inference_host_servers(backends, "gpu02")] == ["model3_tiny-llama"]
+    assert inference_host_servers(backends, "idle") == []
+    assert FilterModule().filters()["inference_host_servers"] is inference_host_servers
+
+
+@pytest.mark.parametrize("backends,host,message", [
+    ({}, "gpu01", "expects the list of backends"),
+    ([], "", "is not an inventory host name"),
+])
+def test_host_servers_bad_input(backends, host, message):
+    with pytest.raises(AnsibleFilterError, match=message):
+        inference_host_servers(backends, host)
