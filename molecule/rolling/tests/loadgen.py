@@ -1,6 +1,6 @@
 """Load generator and HAProxy probe run on the balancer host of the rolling scenario (stdlib only).
 
-    loadgen.py run --out F --stop F [--concurrency C] [--max-tokens N] [--max-seconds S] [--max-requests R]
+    loadgen.py run --out F --stop F [--concurrency C] [--max-tokens N] [--max-seconds S] [--max-requests R] [--pause P]
         steady concurrent load through HAProxy's loopback port, half the workers streaming;
         bounded in time and count, and stops early when the stop file appears; writes a
         JSON summary to --out when it ends
@@ -113,6 +113,9 @@ def cmd_run(args) -> dict:
                 if outcome != "ok" and len(problems) < 20:
                     problems.append({"start": round(began, 3), "end": round(time.time(), 3), "stream": stream,
                                      "outcome": outcome, "detail": detail})
+            # A steady load, not a saturating one: the lab's two engines share two cores with
+            # the restarts under test.
+            time.sleep(args.pause)
 
     threads = [threading.Thread(target=worker, args=(i % 2 == 0,), daemon=True) for i in range(args.concurrency)]
     for thread in threads:
@@ -121,7 +124,8 @@ def cmd_run(args) -> dict:
         thread.join(args.max_seconds + args.request_timeout + 5)
     summary = {**counts, "problems": problems, "started": round(start, 3), "ended": round(time.time(), 3),
                "seconds": round(time.time() - start, 1), "concurrency": args.concurrency,
-               "max_tokens": args.max_tokens, "stopped_by": "stop file" if os.path.exists(args.stop) else "bound"}
+               "max_tokens": args.max_tokens, "pause": args.pause,
+               "stopped_by": "stop file" if os.path.exists(args.stop) else "bound"}
     tmp = args.out + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(summary, handle)
@@ -150,6 +154,7 @@ def main(argv: list[str]) -> int:
     run.add_argument("--max-seconds", type=float, default=900)
     run.add_argument("--max-requests", type=int, default=20000)
     run.add_argument("--request-timeout", type=float, default=120)
+    run.add_argument("--pause", type=float, default=0.2, help="seconds each worker waits between requests")
     sub.add_parser("stat")
     wait = sub.add_parser("wait")
     wait.add_argument("server")

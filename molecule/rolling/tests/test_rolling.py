@@ -30,7 +30,7 @@ def loadgen(lb, *args) -> dict:
     return json.loads(lb.check_output("python3 /opt/tests/loadgen.py " + " ".join(args)))
 
 
-def start_load(lb, concurrency=6, max_seconds=600):
+def start_load(lb, concurrency=4, max_seconds=900):
     lb.run(f"rm -f {OUT} {STOP}")
     lb.run(f"nohup python3 /opt/tests/loadgen.py run --out {OUT} --stop {STOP} --concurrency {concurrency} "
            f"--max-seconds {max_seconds} >/dev/null 2>&1 &")

@@ -112,6 +112,8 @@ def test_apply_creates_the_environment_project_and_job_templates(controller):
         "enclave.llm - rolling update": "playbooks/rolling_update.yml",
         "enclave.llm - rollback": "playbooks/rolling_update.yml",
     }
+    # Every template runs a playbook this repository has.
+    assert [t["playbook"] for t in templates.values() if not (ROOT / t["playbook"]).is_file()] == []
     credential = objects(store, "credentials")["enclave-ssh"]["id"]
     for template in templates.values():
         assert template["project"] == project["id"] and template["inventory"] == 2
