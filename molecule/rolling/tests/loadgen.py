@@ -20,37 +20,21 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import sys
 import threading
 import time
 
-SOCKET = "/run/haproxy/admin.sock"
+from lbclient import stat  # molecule/haproxy/tests/lbclient.py, copied beside this file
+
 KEY_FILE = "/opt/tests/api-key"
 MODEL = "tiny-llama"
 
 
-def runtime(command: str) -> str:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(SOCKET)
-        sock.sendall(command.encode() + b"\n")
-        chunks = []
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
-    return b"".join(chunks).decode()
-
-
 def servers() -> dict[str, dict]:
-    lines = runtime("show stat").splitlines()
-    header = lines[0].lstrip("# ").split(",")
-    rows = [dict(zip(header, line.split(","))) for line in lines[1:] if line]
+    """The model backends' servers from HAProxy's 'show stat' (the haproxy scenario's test client reads it)."""
     return {row["svname"]: {"backend": row["pxname"], "status": row["status"], "scur": int(row["scur"] or 0),
                             "stot": int(row["stot"] or 0)}
-            for row in rows if row.get("svname") not in ("FRONTEND", "BACKEND") and row["pxname"].startswith("model")}
+            for row in stat() if row.get("svname") not in ("FRONTEND", "BACKEND") and row["pxname"].startswith("model")}
 
 
 def one(key: str, stream: bool, max_tokens: int, timeout: float) -> tuple[str, str]:
