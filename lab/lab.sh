@@ -7,6 +7,9 @@
 #   lab.sh check     verify the prerequisites; name what is missing
 #   lab.sh image     build (once) the Debian 12 base image, reuse it afterwards
 #   lab.sh hostfiles write the CA bundle and pip.conf the containers mount
+#   lab.sh assets    build (once) what the lab's hosts mount read-only: the vLLM
+#                    wheelhouse, the generated tiny model (the lab's model store)
+#                    and the oauth2-proxy STAND-IN archive
 #   lab.sh env       print the environment the lab needs (eval "$(lab.sh env)")
 set -euo pipefail
 
@@ -122,6 +125,37 @@ PY
   echo "$LAB_STATE_DIR"
 }
 
+# The lab's model store: a tiny Llama generated here (tests/models/make_tiny_llama.py,
+# random weights, never downloaded) by a throwaway venv with torch and
+# transformers from the wheelhouse; r2 is a second revision for rolling updates.
+# The inference hosts mount it read-only, as they would an NFS model share.
+cmd_assets() {
+  need_root
+  local root wheelhouse store venv start
+  root="$(cd "$LAB_DIR/.." && pwd)"
+  wheelhouse="$LAB_STATE_DIR/wheelhouse/vllm"
+  store="$LAB_STATE_DIR/model-store/tiny-llama"
+  venv="$LAB_STATE_DIR/model-venv"
+  bash "$root/tools/vllm_wheelhouse.sh" "$wheelhouse" | grep -v '^WARNING' >&2 || true
+  [ -e "$wheelhouse/.complete-"* ] || die "the vLLM wheelhouse at $wheelhouse is incomplete; run tools/vllm_wheelhouse.sh"
+  if [ ! -e "$store/r1/config.json" ]; then
+    start=$(date +%s)
+    if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import torch, transformers' 2>/dev/null; then
+      rm -rf "$venv"
+      python3 -m venv "$venv"
+      "$venv/bin/pip" install -q --no-index --find-links "$wheelhouse" torch transformers
+    fi
+    rm -rf "$store.tmp" && mkdir -p "$store.tmp"
+    HF_HUB_OFFLINE=1 "$venv/bin/python" "$root/tests/models/make_tiny_llama.py" "$store.tmp/r1" >&2
+    cp -a "$store.tmp/r1" "$store.tmp/r2"
+    rm -rf "$store" && mv "$store.tmp" "$store"
+    log "generated the tiny test model into $store (r1, r2) in $(( $(date +%s) - start )) s"
+  fi
+  chmod -R a+rX "$LAB_STATE_DIR/model-store"
+  python3 "$root/tests/doubles/oauth2_proxy_standin_archive.py" "$LAB_STATE_DIR/standin" 7.15.5 >/dev/null
+  log "assets in $LAB_STATE_DIR: wheelhouse/vllm, model-store/tiny-llama (r1, r2), standin (oauth2-proxy STAND-IN)"
+}
+
 cmd_env() {
   echo "export CONTAINERS_CONF='$CONTAINERS_CONF'"
   echo "export LAB_STATE_DIR='$LAB_STATE_DIR'"
@@ -133,6 +167,7 @@ case "${1:-}" in
   check) cmd_check ;;
   image) cmd_image ;;
   hostfiles) cmd_hostfiles ;;
+  assets) cmd_assets ;;
   env) cmd_env ;;
-  *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,14p' "$0" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 """STAND-IN for the oauth2-proxy binary (the real one cannot be fetched here).
 
-It is packed by the oauth2_proxy Molecule scenario into a stand-in release archive
+It is packed by oauth2_proxy_standin_archive.py (for the oauth2_proxy Molecule
+scenario and the podman lab) into a stand-in release archive
 (oauth2-proxy-v<version>.linux-amd64/oauth2-proxy), so the role's real download,
 checksum, unpack, configuration and unit paths run. It does no authentication.
 
