@@ -9,12 +9,12 @@ Figures are printed for the closing note: run with `make lab-test` (pytest -s).
 """
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,12 +23,22 @@ import labtest
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRETS = ROOT / ".pki" / "lab"
-EDGE_URL = "https://10.231.10.10"
+# The edge answers only its server name (SNI); the controller has no DNS entry
+# for it, so the tests connect to its address and name it, as curl --resolve does.
+EDGE_NAME, EDGE_IP = "edge01", "10.231.10.10"
 LB, COLLECTOR = "enclave-lab-app01", "enclave-lab-store01"
 HOSTS = {"infer01": "enclave-lab-infer01", "infer02": "enclave-lab-infer02"}
 UNIT = "vllm-tiny-llama.service"
 OUT, STOP = "/tmp/load.json", "/tmp/load.stop"
 R1, R2 = "/srv/models/tiny-llama/r1", "/srv/model-store/tiny-llama/r2"
+
+
+class EdgeConnection(http.client.HTTPSConnection):
+    """HTTPS to the edge's address with its server name in SNI, Host and the certificate check."""
+
+    def connect(self) -> None:
+        sock = socket.create_connection((EDGE_IP, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=EDGE_NAME)
 
 
 def front_door(key: str | None, content: str = "Hello") -> tuple[int, dict, dict]:
@@ -37,13 +47,15 @@ def front_door(key: str | None, content: str = "Hello") -> tuple[int, dict, dict
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    req = urllib.request.Request(f"{EDGE_URL}/v1/chat/completions", data=body, headers=headers, method="POST")
     context = ssl.create_default_context(cafile=str(SECRETS / "ca.crt"))
+    conn = EdgeConnection(EDGE_NAME, 443, timeout=120, context=context)
     try:
-        with urllib.request.urlopen(req, context=context, timeout=120) as resp:
-            return resp.status, dict(resp.headers), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.loads(exc.read() or b"{}")
+        conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, dict(resp.getheaders()), json.loads(raw or b"{}")
+    finally:
+        conn.close()
 
 
 @pytest.fixture(scope="module")
