@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import logging
 import signal
 import ssl
@@ -21,6 +22,7 @@ from .config import Config
 from .metrics import Metrics
 
 log = logging.getLogger("enclave_gateway")
+_EDGE_ID = re.compile(r"[0-9a-f]{16,64}")
 
 API_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
@@ -111,27 +113,53 @@ class Gateway:
         return web.json_response({"status": "ok"})
 
     async def models(self, request) -> web.Response:
+        """The models this caller may use; the listing and every refusal of it are audited."""
+        started = time.perf_counter()
+        now = time.time()
+        rid = uuid.uuid4().hex
+        record = self._new_record(request, rid, now, started)
         try:
             identity = self.auth.authenticate(request.headers, request.remote)
         except AuthError as exc:
+            record.update(decision="block", reason=exc.reason, status=exc.status)
+            self.metrics.blocked.inc(exc.reason)
             body = error_body(exc.status, exc.message, "invalid_request_error", exc.code)
-            return web.Response(status=exc.status, body=body, content_type="application/json")
-        names = [m for m in self.config.models if model_allowed(identity, m)]
-        return web.json_response({"object": "list", "data": [
-            {"id": m, "object": "model", "owned_by": "enclave", "created": 0} for m in names]})
+            response = web.Response(status=exc.status, body=body, content_type="application/json",
+                                    headers={"X-Request-Id": rid})
+        else:
+            record["_ctx"]["identity"] = identity
+            names = [m for m in self.config.models if model_allowed(identity, m)]
+            record["status"] = 200
+            response = web.json_response({"object": "list", "data": [
+                {"id": m, "object": "model", "owned_by": "enclave", "created": 0} for m in names]},
+                headers={"X-Request-Id": rid})
+        if not self._write_audit(record):
+            response = self._audit_refusal(rid)
+        self._observe(record, time.perf_counter() - started, record["_ctx"])
+        return response
+
+    @staticmethod
+    def _new_record(request: web.Request, rid: str, now: float, started: float) -> dict:
+        record: dict = {"ts": _iso(now), "epoch": round(now, 3), "request_id": rid, "source": request.remote,
+                        "method": request.method, "path": request.path, "model": None, "stream": False,
+                        "decision": "allow", "model_answered": False, "status": 0}
+        if request.headers.get("X-Forwarded-For"):
+            record["forwarded_for"] = request.headers["X-Forwarded-For"]
+        # The edge's id of this request (its access log's request_id), so the two records can be joined;
+        # kept only in the form nginx writes it (hex), never as free text from a client.
+        edge_id = request.headers.get("X-Request-Id", "")
+        if _EDGE_ID.fullmatch(edge_id):
+            record["edge_request_id"] = edge_id
+        record["_t0"], record["_ctx"] = started, {"identity": None, "pseudo": None, "ttft": None}
+        return record
 
     # ------------------------------------------------------------- requests --
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         now = time.time()
         rid = uuid.uuid4().hex
-        record: dict = {"ts": _iso(now), "epoch": round(now, 3), "request_id": rid, "source": request.remote,
-                        "method": request.method, "path": request.path, "model": None, "stream": False,
-                        "decision": "allow", "model_answered": False, "status": 0}
-        if request.headers.get("X-Forwarded-For"):
-            record["forwarded_for"] = request.headers["X-Forwarded-For"]
-        ctx = {"identity": None, "pseudo": None, "ttft": None}
-        record["_t0"], record["_ctx"] = started, ctx
+        record = self._new_record(request, rid, now, started)
+        ctx = record["_ctx"]
         response: web.StreamResponse | None = None
         try:
             response = await self._process(request, rid, record, ctx, started)

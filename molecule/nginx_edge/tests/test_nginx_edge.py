@@ -99,13 +99,22 @@ def test_unknown_names_are_dropped():
         call("GET", "/v1/models", host="evil.example.com")
 
 
-def test_api_keys_go_to_the_gateway_and_everything_else_to_oauth2_proxy():
-    _resp, data = call("GET", "/v1/models", headers={"Authorization": f"Bearer {API_KEY}"})
-    assert [m["id"] for m in json.loads(data)["data"]] == ["via-gateway"]
-    _resp, data = call("GET", "/v1/models", headers={"Authorization": "Bearer eyJhbGciOi.jwt.token"})
-    assert [m["id"] for m in json.loads(data)["data"]] == ["via-oauth2"]
-    _resp, data = call("GET", "/v1/models")
-    assert [m["id"] for m in json.loads(data)["data"]] == ["via-oauth2"]
+def served_by(path: str, headers: dict | None = None) -> list[str]:
+    _resp, data = call("GET", path, headers=headers)
+    return [m["id"] for m in json.loads(data)["data"]]
+
+
+def test_api_keys_go_to_the_gateway_sso_credentials_to_oauth2_proxy():
+    assert served_by("/v1/models", {"Authorization": f"Bearer {API_KEY}"}) == ["via-gateway"]
+    # An OIDC JWT or an SSO session cookie: oauth2-proxy.
+    assert served_by("/v1/models", {"Authorization": "Bearer eyJhbGciOi.jwt.token"}) == ["via-oauth2"]
+    assert served_by("/v1/models", {"Cookie": "_oauth2_proxy=session"}) == ["via-oauth2"]
+    wait_for_buckets()
+    # An API call with no credential, another scheme or a bearer that is neither: the
+    # gateway, whose 401 is JSON and audited (an API client cannot do a browser login).
+    assert served_by("/v1/models") == ["via-gateway"]
+    assert served_by("/v1/models", {"Authorization": "Basic Zm9vOmJhcg=="}) == ["via-gateway"]
+    assert served_by("/v1/models", {"Authorization": "Bearer not-a-key"}) == ["via-gateway"]
 
 
 def test_client_identity_headers_are_stripped():

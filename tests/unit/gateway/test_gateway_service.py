@@ -353,6 +353,26 @@ def test_models_lists_only_allowed_models(tmp_path):
     assert status == 200 and [m["id"] for m in body["data"]] == ["other"]
 
 
+def test_model_listing_and_its_refusals_are_audited(tmp_path):
+    edge_id = "ab" * 16
+    async def scenario():
+        async with Harness(tmp_path) as h:
+            async with h.client.get(h.url + "/v1/models", headers={"X-Request-Id": edge_id}) as r:
+                refused = r.status, await r.json(), r.headers.get("X-Request-Id")
+            async with h.client.get(h.url + "/v1/models", headers={"Authorization": f"Bearer {KEY_OTHER_MODEL}",
+                                                                   "X-Request-Id": "not an id\tinjected"}) as r:
+                listed = r.status, r.headers.get("X-Request-Id")
+            return refused, listed, h.records()
+    (status, body, rid), (listed_status, listed_rid), records = run(scenario())
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    assert listed_status == 200
+    refusal, listing = records[-2], records[-1]
+    assert (refusal["request_id"], refusal["decision"], refusal["reason"], refusal["status"]) == (rid, "block", "no_key", 401)
+    assert refusal["path"] == "/v1/models" and refusal["edge_request_id"] == edge_id
+    assert (listing["request_id"], listing["decision"], listing["status"]) == (listed_rid, "allow", 200)
+    assert "edge_request_id" not in listing          # a malformed id is not copied into the record
+
+
 def test_metrics_names(tmp_path):
     async def scenario():
         async with Harness(tmp_path, dlp_action="log") as h:
