@@ -86,6 +86,25 @@ def test_haproxy_runs_with_a_root_only_runtime_socket():
     assert lb.run("su -s /bin/sh -c 'test -w /run/haproxy/admin.sock' nobody").rc != 0
 
 
+def open_files(limits: str) -> tuple[int, int]:
+    """Soft and hard "Max open files" of a /proc/<pid>/limits text."""
+    line = next(row for row in limits.splitlines() if row.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    return int(soft), int(hard)
+
+
+def test_haproxy_runs_with_the_open_file_limit_its_maxconn_needs():
+    lb = labtest.host(LB)
+    dropin = lb.file("/etc/systemd/system/haproxy.service.d/enclave.conf").content_string
+    nofile = int(next(line.split("=", 1)[1] for line in dropin.splitlines() if line.startswith("LimitNOFILE=")))
+    # maxconn 400: 2 x 400 plus 8 pipe fds, at least 64 threads x 3, 3 listeners and 7 checked servers.
+    assert 800 + 8 + 3 * 64 + 3 + 7 <= nofile <= open_files(lb.check_output("cat /proc/1/limits"))[1]
+    pid = lb.check_output("systemctl show -p MainPID --value haproxy").strip()
+    soft, hard = open_files(lb.check_output(f"cat /proc/{pid}/limits"))
+    # The unit's hard limit; HAProxy raised its soft limit to what it needs, no higher.
+    assert hard == nofile and 800 < soft <= nofile
+
+
 def test_backends_are_generated_from_the_inventory():
     all_up()
     assert set(servers(TINY)) == {"hap-b1", "hap-b2", "hap-b3"}
@@ -228,6 +247,16 @@ def test_bad_inventory_fails_clearly_and_leaves_haproxy_running():
     assert "model name 'tiny llama;drop' has characters outside" in odd.output
     empty = labtest.run_playbook(extra_vars={"haproxy_inference_group": "zone_nothing"})
     assert empty.rc != 0 and "no inference backends" in empty.output
+    assert client("request", "tiny-llama")["status"] == 200
+
+
+def test_a_maxconn_beyond_the_hosts_open_file_limit_fails_with_the_numbers():
+    result = labtest.run_playbook(extra_vars={"haproxy_global_maxconn": 100000})
+    assert result.rc != 0
+    assert "haproxy_global_maxconn 100000 needs" in result.output
+    pid1_hard = open_files(labtest.host(LB).check_output("cat /proc/1/limits"))[1]
+    assert f"at most {pid1_hard} (hard limit of PID 1" in result.output
+    assert "lower haproxy_global_maxconn to at most" in result.output
     assert client("request", "tiny-llama")["status"] == 200
 
 
