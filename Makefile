@@ -60,12 +60,14 @@ lab: lab-assets lab-up ## bring up the lab and run site.yml against it; prints t
 	  echo "site.yml on the lab: $$(( $$(date +%s) - start )) s"
 	$(BIN)/ansible-playbook lab/summary.yml -i inventories/lab
 
-# The whole platform on the lab, after `make lab`: the front door and its audit
-# record, a second site.yml (changed=0), a rolling update, a restart without drain
-# and a killed engine under load. Reuses the Molecule verifiers' helpers, pointed
-# at inventories/lab; prints the figures.
+# The whole platform on the lab, after `make lab`: the front door, its refusals and
+# their audit records, the access logs on the log host, a second site.yml
+# (changed=0), rolling updates, a restart without drain and a killed engine under
+# load through the front door (molecule/shared/loadgen.py on the controller).
+# Reuses the Molecule verifiers' helpers, pointed at inventories/lab; prints the
+# figures. ENCLAVE_LAB_SLOW=1 adds the failed-smoke and rollback tests.
 .PHONY: lab-test
-lab-test: $(STAMP) ## after `make lab`: front door + audit record, second site.yml changed=0, rolling update and failover under load
+lab-test: $(STAMP) ## after `make lab`: front door, refusals + audit, access logs, second site.yml changed=0, rolling update and failover under front-door load
 	MOLECULE_EPHEMERAL_DIRECTORY=$(CURDIR)/tests/output/lab MOLECULE_INVENTORY_FILE=$(CURDIR)/inventories/lab \
 	  MOLECULE_SCENARIO_DIRECTORY=$(CURDIR) MOLECULE_PROJECT_DIRECTORY=$(CURDIR) \
 	  $(BIN)/pytest -s -v -p no:cacheprovider tests/lab
