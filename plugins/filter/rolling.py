@@ -24,6 +24,12 @@ def rolling_update_target(models: Any, requirements: Any, model: Any = "", path:
     which every model of the host shares. Empty values change nothing, so with
     neither the target is the inventory's state. Raises AnsibleFilterError
     saying what to fix.
+
+    New weights are already on disk and used where they are: when ``path``
+    differs from the entry's ``model``, the target entry drops the entry's
+    ``pull`` (the inventory's source is that of the weights replaced, and
+    enclave.llm.vllm would fetch those into the new directory). The same path
+    keeps the entry as the inventory has it, ``pull`` included.
     """
     if not isinstance(models, list) or not all(isinstance(m, dict) and m.get("name") for m in models):
         raise AnsibleFilterError("rolling_update_target expects vllm_models, a list of {name, model, port}")
@@ -39,7 +45,10 @@ def rolling_update_target(models: Any, requirements: Any, model: Any = "", path:
         if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") != path or "\n" in path:
             raise AnsibleFilterError(f"rolling_update_model_path {path!r} must be an absolute directory path "
                                      "without a trailing slash")
-        new_models[names.index(model)]["model"] = path
+        entry = new_models[names.index(model)]
+        if entry.get("model") != path:
+            entry.pop("pull", None)
+        entry["model"] = path
     new_requirements = list(requirements)
     if engine_version:
         version = str(engine_version).strip()

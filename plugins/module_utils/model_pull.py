@@ -11,10 +11,15 @@ For the file sources the rules are the same:
 - files are written under ``<dest>/.model_pull.partial/`` (the same filesystem
   as the store) and renamed into place only after every file has verified;
 - an interrupted transfer resumes with an HTTP Range request;
-- a file already in the store is not fetched again: the store keeps
-  ``<dest>/.model_pull.json`` with the size, mtime, inode and digest of each file
-  it verified, so a second run does not re-read hundreds of gigabytes (a file
-  whose size or mtime changed is hashed again; ``reverify`` forces it);
+- a file already in the store is not fetched again: a record of the size,
+  mtime, inode and digest of each file verified is kept outside the model
+  directory, in ``<state_dir>/<sha256 of dest>.json``, so a second run does not
+  re-read hundreds of gigabytes (a file whose size or mtime changed is hashed
+  again; ``reverify`` forces it); ``<dest>/.model_pull.json``, where earlier
+  versions kept it, is still read when ``state_dir`` holds no record;
+- a store that is read-only (an NFS export on an inference host) is verified
+  without writing anything into it; files missing there fail with that cause
+  before anything is fetched;
 - nothing starts when the filesystem lacks the bytes still to fetch plus a
   margin.
 
@@ -39,7 +44,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from ansible_collections.enclave.llm.plugins.module_utils import rest
 
+# Where earlier versions kept the store's record, inside dest: still read, never written.
 STATE_FILE = ".model_pull.json"
+DEFAULT_STATE_DIR = "/var/lib/enclave-llm/model_pull"
 PARTIAL_DIR = ".model_pull.partial"
 RESERVED_PREFIX = ".model_pull"
 CHUNK_BYTES = 1024 * 1024
@@ -88,6 +95,7 @@ class Options:
     retries: int = 3
     reverify: bool = False
     check_mode: bool = False
+    state_dir: str = DEFAULT_STATE_DIR
 
 
 # --------------------------------------------------------------------- helpers
@@ -95,6 +103,29 @@ def disk_free_bytes(path: str) -> int:
     """Bytes an unprivileged writer may still use on the filesystem holding ``path``."""
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
+
+
+def write_problem(path: str) -> str | None:
+    """Why nothing can be written into the directory ``path`` (None when it can).
+
+    A read-only filesystem is read from the mount flags (root bypasses
+    permission bits, not ``ST_RDONLY``); otherwise the permissions of the
+    effective user decide.
+    """
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return f"{path} is on a read-only filesystem"
+    except OSError:
+        pass
+    if not os.access(path, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+        return f"{path} is not writable by this user (uid {os.geteuid()})"
+    return None
+
+
+def state_file_for(state_dir: str, dest: str) -> str:
+    """The record of ``dest`` in ``state_dir``, named by the sha256 of dest's absolute path."""
+    key = os.path.abspath(dest).encode("utf-8", "surrogateescape")
+    return os.path.join(state_dir, hashlib.sha256(key).hexdigest() + ".json")
 
 
 def open_partial(path: str, mode: str) -> Any:
@@ -447,20 +478,37 @@ class PathSource(Source):
 
 # ----------------------------------------------------------------------- store
 class Store:
-    """The destination directory, its verification records and its partial files."""
+    """The destination directory, its verification records and its partial files.
 
-    def __init__(self, dest: str):
+    The records live in ``state_dir``, outside the model directory, so that a
+    read-only store can be verified; a record an earlier version left in
+    ``<dest>/.model_pull.json`` is read when ``state_dir`` has none.
+    """
+
+    def __init__(self, dest: str, state_dir: str = DEFAULT_STATE_DIR):
         self.dest = dest
         self.partial_dir = os.path.join(dest, PARTIAL_DIR)
-        self.state_path = os.path.join(dest, STATE_FILE)
+        self.state_dir = state_dir
+        self.state_path = state_file_for(state_dir, dest)
+        self.legacy_state_path = os.path.join(dest, STATE_FILE)
         self.records: dict[str, dict[str, Any]] = {}
+        for path in (self.state_path, self.legacy_state_path):
+            records = self._load(path)
+            if records is not None:
+                self.records = records
+                break
+
+    def _load(self, path: str) -> dict[str, dict[str, Any]] | None:
         try:
-            with open(self.state_path, encoding="utf-8") as handle:
+            with open(path, encoding="utf-8") as handle:
                 data = json.load(handle)
-            if isinstance(data, dict) and isinstance(data.get("files"), dict):
-                self.records = data["files"]
         except (OSError, ValueError):
-            self.records = {}
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+            return None
+        if data.get("dest") not in (None, os.path.abspath(self.dest)):
+            return None
+        return data["files"]
 
     def path(self, rel: str) -> str:
         return os.path.join(self.dest, *rel.split("/"))
@@ -507,11 +555,25 @@ class Store:
                                      "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino,
                                      "source_stamp": remote.source_stamp}
 
-    def save(self, meta: dict[str, Any]) -> None:
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(dict(meta, files=self.records), handle, indent=1, sort_keys=True)
-        os.replace(tmp, self.state_path)
+    def save(self, meta: dict[str, Any]) -> str | None:
+        """Write the records into ``state_dir``; returns a warning when that failed.
+
+        The record only spares later runs from hashing the files again, so a
+        state_dir that cannot be written costs time, not correctness.
+        """
+        tmp = f"{self.state_path}.{os.getpid()}.tmp"
+        try:
+            os.makedirs(self.state_dir, mode=0o755, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as handle:
+                json.dump(dict(meta, dest=os.path.abspath(self.dest), files=self.records), handle, indent=1,
+                          sort_keys=True)
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            _unlink(tmp)
+            return (f"the files of {self.dest} verified, but their record could not be written to {self.state_path} "
+                    f"({exc.strerror or exc}); the next run hashes them again. Make state_dir "
+                    f"({self.state_dir}) a writable directory on a writable filesystem")
+        return None
 
     def cleanup_partial_dir(self) -> None:
         for root, _dirs, _names in sorted(os.walk(self.partial_dir), reverse=True):
@@ -660,7 +722,7 @@ def pull_files(source: Source, opts: Options) -> dict[str, Any]:
             raise PullError(f"no digest is known for {remote.path}; add it to the manifest or to checksums")
     if os.path.exists(opts.dest) and not os.path.isdir(opts.dest):
         raise PullError(f"dest {opts.dest} exists and is not a directory")
-    store = Store(opts.dest)
+    store = Store(opts.dest, opts.state_dir)
     present, missing, record_updates = [], [], []
     for remote in listed:
         if os.path.isdir(opts.dest):
@@ -673,8 +735,14 @@ def pull_files(source: Source, opts: Options) -> dict[str, Any]:
                 record_updates.append(remote)
         else:
             missing.append(remote)
-    result: dict[str, Any] = {"dest": opts.dest, "source": source.kind, "changed": bool(missing)}
+    result: dict[str, Any] = {"dest": opts.dest, "source": source.kind, "changed": bool(missing),
+                              "state_file": store.state_path}
     result.update(source.meta)
+
+    def save_records() -> None:
+        warning = store.save(source.meta)
+        if warning:
+            result.setdefault("warnings", []).append(warning)
 
     def bytes_total() -> int:
         # A manifest without sizes (SHA256SUMS) learns them from the source or the store.
@@ -696,21 +764,26 @@ def pull_files(source: Source, opts: Options) -> dict[str, Any]:
                  "status": actions.get(f.path, "present")} for f in listed]
 
     if not missing:
+        # Verifying writes nothing into dest: a read-only store passes here.
         if record_updates and not opts.check_mode:
             for remote in record_updates:
                 store.record(remote)
-            store.save(source.meta)
+            save_records()
         result.update(transfer.figures(), files=file_list({}))
         return result
+
+    parent = opts.dest
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent) or "."
+    problem = write_problem(parent)
+    if problem:
+        raise _read_only_error(opts.dest, problem, missing, listed)
 
     sizes = {f.path: source.size_of(f) for f in missing}
     for remote in missing:
         if remote.size is None:
             remote.size = sizes[remote.path]
     needed = sum((sizes[f.path] or 0) - min(store.partial_size(f.path), sizes[f.path] or 0) for f in missing)
-    parent = opts.dest
-    while not os.path.isdir(parent):
-        parent = os.path.dirname(parent) or "."
     free = disk_free_bytes(parent)
     result["bytes_needed"] = needed
     if free < needed + opts.disk_margin_bytes:
@@ -722,27 +795,49 @@ def pull_files(source: Source, opts: Options) -> dict[str, Any]:
         result.update(transfer.figures(), files=file_list({f.path: "missing" for f in missing}))
         return result
 
-    os.makedirs(store.partial_dir, exist_ok=True)
-    actions = {}
-    for remote in missing:
-        actions[remote.path] = fetch_one(source, store, remote, opts, transfer)
-    # Every file verified: now, and only now, rename them into place.
-    for remote in missing:
-        target = store.path(remote.path)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise PullError(f"{target} is a directory where the file {remote.path} belongs; remove it")
-        os.chmod(store.partial(remote.path), 0o644)
-        os.replace(store.partial(remote.path), target)
-        store.record(remote)
+    actions: dict[str, str] = {}
+    placed: set[str] = set()
+    try:
+        os.makedirs(store.partial_dir, exist_ok=True)
+        for remote in missing:
+            actions[remote.path] = fetch_one(source, store, remote, opts, transfer)
+        # Every file verified: now, and only now, rename them into place.
+        for remote in missing:
+            target = store.path(remote.path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            if os.path.isdir(target) and not os.path.islink(target):
+                raise PullError(f"{target} is a directory where the file {remote.path} belongs; remove it")
+            os.chmod(store.partial(remote.path), 0o644)
+            os.replace(store.partial(remote.path), target)
+            placed.add(remote.path)
+            store.record(remote)
+    except OSError as exc:
+        # The check above reads mount flags and permissions; the server of an NFS
+        # export (root_squash, a read-only export) may still refuse the write.
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise _read_only_error(opts.dest, f"writing {exc.filename or opts.dest} failed: {exc.strerror}",
+                               [f for f in missing if f.path not in placed], listed,
+                               "Files already in place stay; the next run verifies them") from exc
     for remote in record_updates:
         store.record(remote)
     _fsync_dir(opts.dest)
-    store.save(source.meta)
+    save_records()
     store.cleanup_partial_dir()
     result.update(transfer.figures(), files=file_list(actions))
     result["bytes_total"] = bytes_total()
     return result
+
+
+def _read_only_error(dest: str, problem: str, missing: list[RemoteFile], listed: list[RemoteFile],
+                     outcome: str = "Nothing was fetched") -> PullError:
+    names = sorted(f.path for f in missing)
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return PullError(f"dest {dest} cannot be written ({problem}), and {len(names)} of {len(listed)} files are missing "
+                     f"or do not verify there: {shown}. A read-only model store (an NFS export) is only verified "
+                     "here: put the model's files into the store where it is writable (model_pull on the host that "
+                     f"exports it), or point dest at a writable directory. {outcome}",
+                     read_only=True, missing=names)
 
 
 def _fsync_dir(path: str) -> None:

@@ -16,9 +16,16 @@ description:
     file has verified. A checksum mismatch names the file, the expected and the actual digest, and leaves nothing in
     place.
   - An interrupted download resumes with an HTTP Range request on the next attempt (O(retries)) or the next run.
-  - Files the store already holds verified are not fetched again (C(changed=false)). The store keeps
-    C(<dest>/.model_pull.json) with the size, mtime, inode and digest of each file it verified, so later runs do not
-    re-read the weights; a file whose size or mtime changed is hashed again, and O(reverify=true) hashes all.
+  - Files the store already holds verified are not fetched again (C(changed=false)). The size, mtime, inode and
+    digest of each file verified are recorded outside the model directory, in C(<state_dir>/<sha256 of dest>.json)
+    (see O(state_dir)), so later runs do not re-read the weights; a file whose size or mtime changed is hashed again,
+    and O(reverify=true) hashes all. A C(<dest>/.model_pull.json) that earlier versions kept is still read when
+    O(state_dir) holds no record for O(dest); it is no longer written.
+  - Verifying writes nothing into O(dest), so a read-only model store (an NFS export mounted read-only on an
+    inference host) whose files are all there and verify gives C(changed=false). When files are missing or differ
+    there, the module fails before fetching anything, naming the files, the read-only or unwritable directory and
+    the fix (fill the store where it is writable, or point O(dest) at a writable directory); check mode fails the
+    same way, since the run would.
   - Refuses to start when the filesystem of O(dest) has less free space than the bytes still to fetch plus
     O(disk_margin_mib).
   - Hugging Face files stored with LFS are verified by their sha256; small files kept in git by their git blob id
@@ -117,6 +124,14 @@ options:
     description: Hash every file in the store again, even those whose size, mtime and inode match the record.
     type: bool
     default: false
+  state_dir:
+    description:
+      - Directory on the target for the records of verified files, one file per O(dest) named by the sha256 of its
+        absolute path. Created when missing; kept outside the model store so that a read-only store can be
+        verified.
+      - When it cannot be written the run still succeeds with a warning, and the next run hashes the files again.
+    type: path
+    default: /var/lib/enclave-llm/model_pull
 notes:
   - A pull of hundreds of gigabytes can outlast the default task timeout of some controllers; run it with C(async).
   - Files in O(dest) that the source does not list are left alone.
@@ -156,6 +171,14 @@ EXAMPLES = r"""
         size: 2200119864
     dest: /srv/models/tiny-llama
 
+- name: Verify a model on the read-only NFS model store against the mirror's manifest (writes nothing there)
+  enclave.llm.model_pull:
+    source: http
+    url: https://artifacts.example.internal/models/tiny-llama/
+    manifest: SHA256SUMS
+    dest: /mnt/models/tiny-llama
+    state_dir: /var/lib/enclave-llm/model_pull
+
 - name: A model into the local Ollama server
   enclave.llm.model_pull:
     source: ollama
@@ -174,6 +197,11 @@ dest:
   returned: when O(source) is not V(ollama)
   type: str
   sample: /srv/models/llama-3.1-8b-instruct
+state_file:
+  description: The record of the files verified in O(dest), in O(state_dir).
+  returned: when O(source) is not V(ollama)
+  type: str
+  sample: /var/lib/enclave-llm/model_pull/3f0c9a4e1b7d2c6a8e5f4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a.json
 revision:
   description: The commit the hub resolved O(revision) to.
   returned: when O(source=huggingface)
@@ -265,6 +293,7 @@ def argument_spec() -> dict:
         disk_margin_mib={"type": "int", "default": 1024},
         retries={"type": "int", "default": 3},
         reverify={"type": "bool", "default": False},
+        state_dir={"type": "path", "default": mp.DEFAULT_STATE_DIR},
     )
     return spec
 
@@ -282,7 +311,8 @@ def run(module: AnsibleModule) -> dict:
         dest=params["dest"] or "", ca_path=params["ca_path"], validate_certs=params["validate_certs"],
         timeout=params["timeout"], token=token, allow_patterns=params["allow_patterns"],
         checksums=params["checksums"], disk_margin_bytes=params["disk_margin_mib"] * mp.MIB,
-        retries=params["retries"], reverify=params["reverify"], check_mode=module.check_mode)
+        retries=params["retries"], reverify=params["reverify"], check_mode=module.check_mode,
+        state_dir=params["state_dir"])
     if source_kind == "ollama":
         return mp.pull_ollama(params["url"], params["model"], opts, digest=params["digest"],
                               insecure=params["insecure_registry"])
@@ -315,6 +345,8 @@ def main() -> None:
         module.fail_json(msg=str(exc), **exc.details)
     if not module._diff:
         result.pop("diff", None)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
     module.exit_json(**result)
 
 

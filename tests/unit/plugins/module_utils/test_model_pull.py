@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -43,6 +44,8 @@ def hub():
 def options(dest, **kwargs) -> mp.Options:
     kwargs.setdefault("disk_margin_bytes", 0)
     kwargs.setdefault("timeout", 5)
+    # Beside dest, never the host's /var/lib/enclave-llm.
+    kwargs.setdefault("state_dir", os.path.join(os.path.dirname(str(dest)), "pull-state"))
     return mp.Options(dest=str(dest), **kwargs)
 
 
@@ -407,8 +410,10 @@ def test_path_source_copies_and_verifies(tmp_path):
     opts = options(dest)
     result = mp.pull_files(mp.PathSource(opts, str(src), None), opts)
     assert result["changed"] and {f["status"] for f in result["files"]} == {"copied"}
-    assert store_files(dest) == {"weights.bin": WEIGHTS, os.path.join("sub", "config.json"): CONFIG,
-                                 mp.STATE_FILE: (dest / mp.STATE_FILE).read_bytes()}
+    # The record lives in state_dir: dest holds the model's files and nothing else.
+    assert store_files(dest) == {"weights.bin": WEIGHTS, os.path.join("sub", "config.json"): CONFIG}
+    assert result["state_file"] == mp.state_file_for(opts.state_dir, str(dest))
+    assert set(json.loads(open(result["state_file"]).read())["files"]) == {"weights.bin", "sub/config.json"}
     assert mp.pull_files(mp.PathSource(opts, str(src), None), opts)["changed"] is False
     (src / "weights.bin").write_bytes(SHARD2)
     assert mp.pull_files(mp.PathSource(opts, str(src), None), opts)["changed"] is True
@@ -425,6 +430,186 @@ def test_path_source_with_a_manifest_that_disagrees(tmp_path):
         mp.pull_files(mp.PathSource(opts, str(src), "SHA256SUMS"), opts)
     with pytest.raises(mp.PullError, match="does not exist or is not a directory"):
         mp.pull_files(mp.PathSource(opts, str(tmp_path / "unmounted"), None), opts)
+
+
+# ---------------------------------------------------------- read-only store
+class ReadOnlyFs:
+    """Directories that behave as read-only mounts (an NFS export on an inference
+    host): statvfs reports ST_RDONLY and every write below them fails with EROFS,
+    for root too (chmod 0555 would not stop root). ``flag=False`` keeps statvfs
+    quiet, as a server-side refusal (read-only export, root_squash) does."""
+
+    def __init__(self, monkeypatch):
+        self.roots: list[str] = []
+        self.flag = True
+        self.refused: list[str] = []
+        real_statvfs, real_open, real_os_open = os.statvfs, open, os.open
+
+        def below(path) -> bool:
+            path = os.path.abspath(os.fspath(path))
+            return any(path == root or path.startswith(root + os.sep) for root in self.roots)
+
+        def guard(real, *paths_at):
+            def wrapper(*args, **kwargs):
+                for index in paths_at:
+                    if len(args) > index and below(args[index]):
+                        self.refused.append(f"{real.__name__} {args[index]}")
+                        raise OSError(errno.EROFS, "Read-only file system", os.fspath(args[index]))
+                return real(*args, **kwargs)
+            return wrapper
+
+        def statvfs(path):
+            result = real_statvfs(path)
+            if not (self.flag and below(path)):
+                return result
+            fields = {name: getattr(result, name) for name in dir(result) if name.startswith("f_")}
+            fields["f_flag"] |= os.ST_RDONLY
+            return SimpleNamespace(**fields)
+
+        def opener(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+") and below(file):
+                self.refused.append(f"open {file}")
+                raise OSError(errno.EROFS, "Read-only file system", os.fspath(file))
+            return real_open(file, mode, *args, **kwargs)
+
+        def os_open(path, flags, *args, **kwargs):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and below(path):
+                self.refused.append(f"os.open {path}")
+                raise OSError(errno.EROFS, "Read-only file system", os.fspath(path))
+            return real_os_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "statvfs", statvfs)
+        monkeypatch.setattr(mp, "open", opener, raising=False)
+        monkeypatch.setattr(os, "open", os_open)
+        for name in ("mkdir", "chmod", "unlink", "remove", "rmdir", "utime"):
+            monkeypatch.setattr(os, name, guard(getattr(os, name), 0))
+        for name in ("replace", "rename"):
+            monkeypatch.setattr(os, name, guard(getattr(os, name), 0, 1))
+
+    def mount(self, path) -> None:
+        self.roots.append(os.path.abspath(os.fspath(path)))
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    return ReadOnlyFs(monkeypatch)
+
+
+def export(tmp_path, files=None):
+    """A model store directory filled while writable, and its source."""
+    src = tmp_path / "nfs" / "r2"
+    src.mkdir(parents=True)
+    for name, data in (files or {"weights.bin": WEIGHTS, "config.json": CONFIG}).items():
+        (src / name).write_bytes(data)
+    return src
+
+
+def path_pull(src, dest, **kwargs):
+    opts = options(dest, **kwargs)
+    return mp.pull_files(mp.PathSource(opts, str(src), None), opts)
+
+
+def test_a_verified_read_only_store_is_ok_and_nothing_is_written_into_it(tmp_path, read_only, monkeypatch):
+    """Issue 25: the rolling update stopped on '[Errno 30] Read-only file system' while
+    model_pull wrote its record (.model_pull.json.tmp) into a read-only model store."""
+    src = export(tmp_path)
+    dest = tmp_path / "store" / "r2"
+    dest.mkdir(parents=True)
+    for name in ("weights.bin", "config.json"):
+        (dest / name).write_bytes((src / name).read_bytes())
+    read_only.mount(dest)
+    state_dir = tmp_path / "var-lib"
+
+    check = path_pull(src, dest, state_dir=str(state_dir), check_mode=True)
+    assert check["changed"] is False and not state_dir.exists()
+    result = path_pull(src, dest, state_dir=str(state_dir))
+    assert result["changed"] is False and result["bytes"] == 0
+    assert {f["status"] for f in result["files"]} == {"present"}
+    assert read_only.refused == []
+    assert sorted(os.listdir(dest)) == ["config.json", "weights.bin"]
+    # The record went to state_dir, so the next run does not hash the weights again.
+    assert os.path.dirname(result["state_file"]) == str(state_dir)
+    hashed = []
+    real_hash = mp.hash_file
+    monkeypatch.setattr(mp, "hash_file", lambda path, *a, **k: hashed.append(path) or real_hash(path, *a, **k))
+    assert path_pull(src, dest, state_dir=str(state_dir))["changed"] is False
+    assert hashed == [] and read_only.refused == []
+
+
+def test_a_record_left_in_dest_by_an_earlier_version_is_still_read(tmp_path, read_only, monkeypatch):
+    src = export(tmp_path)
+    dest = tmp_path / "store" / "r2"
+    first = path_pull(src, dest, state_dir=str(tmp_path / "old-state"))
+    # Where earlier versions kept it: inside dest.
+    os.replace(first["state_file"], dest / mp.STATE_FILE)
+    read_only.mount(dest)
+    hashed = []
+    real_hash = mp.hash_file
+    monkeypatch.setattr(mp, "hash_file", lambda path, *a, **k: hashed.append(path) or real_hash(path, *a, **k))
+    result = path_pull(src, dest, state_dir=str(tmp_path / "var-lib"))
+    assert result["changed"] is False and hashed == [] and read_only.refused == []
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_files_missing_from_a_read_only_store_fail_naming_the_cause_and_fix(mirror, tmp_path, read_only, check_mode):
+    dest = tmp_path / "store" / "m"
+    dest.mkdir(parents=True)
+    (dest / "config.json").write_bytes(CONFIG)
+    (dest / "weights.bin").write_bytes(b"not the weights")
+    read_only.mount(dest)
+    with pytest.raises(mp.PullError, match=rf"dest {dest} cannot be written \({dest} is on a read-only filesystem\), "
+                                           r"and 2 of 3 files are missing or do not verify there: shard2.bin, "
+                                           r"weights.bin\. A read-only model store .* point dest at a writable "
+                                           r"directory") as err:
+        http_pull(mirror, dest, check_mode=check_mode)
+    assert err.value.details == {"read_only": True, "missing": ["shard2.bin", "weights.bin"]}
+    assert read_only.refused == []
+    assert not [p for m, p, _r, _a in mirror.log if p.endswith(".bin") and m == "GET"]
+
+
+def test_dest_to_create_below_a_read_only_mount(mirror, tmp_path, read_only):
+    (tmp_path / "store").mkdir()
+    read_only.mount(tmp_path / "store")
+    with pytest.raises(mp.PullError, match=r"cannot be written \(.*/store is on a read-only filesystem\), and 3 of 3"):
+        http_pull(mirror, tmp_path / "store" / "m")
+    assert read_only.refused == []
+
+
+def test_a_write_refused_by_the_server_is_named_too(mirror, tmp_path, read_only):
+    """The mount flags look writable (root_squash, an export read-only on the server): the write itself fails."""
+    dest = tmp_path / "store" / "m"
+    dest.mkdir(parents=True)
+    read_only.mount(dest)
+    read_only.flag = False
+    with pytest.raises(mp.PullError, match=r"cannot be written \(writing .*\.model_pull\.partial failed: "
+                                           r"Read-only file system\), and 3 of 3 files") as err:
+        http_pull(mirror, dest)
+    assert err.value.details["read_only"] is True and read_only.refused
+
+
+def test_write_problem_reads_the_mount_flags_then_the_permissions(tmp_path, read_only, monkeypatch):
+    assert mp.write_problem(str(tmp_path)) is None
+    read_only.mount(tmp_path)
+    assert mp.write_problem(str(tmp_path)) == f"{tmp_path} is on a read-only filesystem"
+    read_only.flag = False
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    assert mp.write_problem(str(tmp_path)) == f"{tmp_path} is not writable by this user (uid {os.geteuid()})"
+
+
+def test_state_file_is_named_by_the_hash_of_dest(tmp_path):
+    one = mp.state_file_for("/var/lib/x", "/srv/models/a")
+    assert one == mp.state_file_for("/var/lib/x", "/srv/models/b/../a")
+    assert one != mp.state_file_for("/var/lib/x", "/srv/models/b")
+    assert os.path.basename(one) == hashlib.sha256(b"/srv/models/a").hexdigest() + ".json"
+
+
+def test_a_state_dir_that_cannot_be_written_is_a_warning(tmp_path):
+    src = export(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    result = path_pull(src, tmp_path / "store", state_dir=str(tmp_path / "a-file" / "state"))
+    assert result["changed"] is True and (tmp_path / "store" / "weights.bin").read_bytes() == WEIGHTS
+    assert len(result["warnings"]) == 1
+    assert "could not be written to" in result["warnings"][0] and "Make state_dir" in result["warnings"][0]
 
 
 # ------------------------------------------------------------------ ollama

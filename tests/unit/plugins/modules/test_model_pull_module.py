@@ -38,6 +38,7 @@ def server():
 
 
 def hub_args(server, dest, **extra):
+    extra.setdefault("state_dir", str(Path(dest).parent / "pull-state"))
     return dict(source="huggingface", url=server.url, repo="acme/tiny", revision="main", dest=str(dest),
                 disk_margin_mib=0, **extra)
 
@@ -53,13 +54,39 @@ def test_check_apply_check_apply(server, tmp_path):
     assert applied["bytes"] == len(WEIGHTS) + len(CONFIG)
     assert (dest / "model.safetensors").read_bytes() == WEIGHTS
     assert run_module(model_pull, args, check_mode=True)["changed"] is False
+    again = run_module(model_pull, args)
+    assert again["changed"] is False
+    assert again["state_file"].startswith(args["state_dir"] + "/") and os.path.isfile(again["state_file"])
+    assert sorted(os.listdir(dest)) == ["config.json", "model.safetensors"]
+
+
+def test_read_only_store(server, tmp_path, monkeypatch):
+    """Verified: ok, nothing written into dest. Missing: a failure naming the cause, the files and the fix."""
+    dest = tmp_path / "models" / "tiny"
+    args = hub_args(server, dest)
+    assert run_module(model_pull, args)["changed"] is True
+    monkeypatch.setattr(model_pull.mp, "write_problem", lambda path: f"{path} is on a read-only filesystem")
     assert run_module(model_pull, args)["changed"] is False
+    (dest / "model.safetensors").unlink()
+    result = run_module(model_pull, args, check_mode=True)
+    assert result["failed"] is True and result["read_only"] is True and result["missing"] == ["model.safetensors"]
+    assert f"dest {dest} cannot be written ({dest} is on a read-only filesystem)" in result["msg"]
+    assert "point dest at a writable directory" in result["msg"]
+
+
+def test_a_state_dir_that_cannot_be_written_is_a_warning(server, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    result = run_module(model_pull, hub_args(server, tmp_path / "m", state_dir=str(tmp_path / "file" / "state")))
+    assert result["changed"] is True and "failed" not in result
+    # Through AnsibleModule.warn: in the result's warnings, and printed when run in-process.
+    assert "their record could not be written" in json.dumps(result.get("warnings")) + capsys.readouterr().err
 
 
 def test_failure_is_a_message_with_details(server, tmp_path):
     server.faults["model.safetensors"] = {"corrupt": True}
     result = run_module(model_pull, dict(source="http", url=server.url + "/mirror/", manifest="SHA256SUMS",
-                                         dest=str(tmp_path / "m"), disk_margin_mib=0))
+                                         dest=str(tmp_path / "m"), disk_margin_mib=0,
+                                         state_dir=str(tmp_path / "state")))
     assert result["failed"] is True
     assert result["msg"].startswith("checksum mismatch for model.safetensors: expected sha256:")
     assert result["file"] == "model.safetensors" and result["expected"].startswith("sha256:")
@@ -108,7 +135,7 @@ def test_through_ansible_playbook(server, tmp_path):
 def test_bytes_total_is_known_for_a_manifest_without_sizes(server, tmp_path):
     """SHA256SUMS carries no sizes: bytes_total comes from the source, then from the store."""
     args = dict(source="http", url=server.url + "/mirror/", manifest="SHA256SUMS", dest=str(tmp_path / "m"),
-                disk_margin_mib=0)
+                disk_margin_mib=0, state_dir=str(tmp_path / "state"))
     first = run_module(model_pull, args)
     assert first["changed"] is True and first["bytes_total"] == len(WEIGHTS) + len(CONFIG)
     again = run_module(model_pull, args)
