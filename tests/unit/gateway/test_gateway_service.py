@@ -355,6 +355,7 @@ def test_models_lists_only_allowed_models(tmp_path):
 
 def test_model_listing_and_its_refusals_are_audited(tmp_path):
     edge_id = "ab" * 16
+
     async def scenario():
         async with Harness(tmp_path) as h:
             async with h.client.get(h.url + "/v1/models", headers={"X-Request-Id": edge_id}) as r:

@@ -73,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        for _ in range(tokens):
+        for _token in range(tokens):
             self.wfile.write(b'data: {"choices": [{"text": " x"}]}\n\n')
         if mode != "no-usage":
             self.wfile.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
